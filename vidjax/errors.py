@@ -1,0 +1,67 @@
+"""User-facing errors and atomic output helpers.
+
+Every error a user can cause names the input, the problem and the fix; the CLI turns a
+`VidjaxError` into a one-line message and a non-zero exit without a traceback. Outputs are written
+to a temporary sibling path and renamed, so an interrupted job never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+# Exit codes of the CLI (documented in the README).
+EXIT_OK = 0
+EXIT_ERROR = 2  # bad input or configuration: nothing was written
+EXIT_PARTIAL = 3  # a batch job skipped some bad items and wrote the good ones
+
+
+class VidjaxError(Exception):
+  """An error the user can fix. `str()` gives 'input: problem. fix'."""
+
+  def __init__(self, input_name: str, problem: str, fix: str):
+    self.input_name, self.problem, self.fix = str(input_name), problem, fix
+    super().__init__(f"{self.input_name}: {problem}. Fix: {fix}")
+
+
+class InputError(VidjaxError):
+  """A corrupt, empty, missing or wrong-shaped input (file, array, argument)."""
+
+
+class ConfigError(VidjaxError):
+  """An inconsistent configuration or checkpoint."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[str]:
+  """Yields a temporary sibling path; on success renames it to `path`, on failure removes it.
+
+  Use for every file or directory the library writes:
+    with atomic_path(out) as tmp:
+      write_mp4(tmp, frames)
+  The temporary name keeps the suffix so that writers that pick a format by suffix still work.
+  """
+  path = os.fspath(path)
+  parent = os.path.dirname(os.path.abspath(path)) or "."
+  os.makedirs(parent, exist_ok=True)
+  base = os.path.basename(path)
+  stem, suffix = os.path.splitext(base)
+  if is_dir:
+    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+  else:
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.tmp-", suffix=suffix, dir=parent)
+    os.close(fd)
+  try:
+    yield tmp
+    if is_dir and os.path.isdir(path):
+      shutil.rmtree(path)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+    elif os.path.exists(tmp):
+      os.remove(tmp)
+    raise
