@@ -1,0 +1,188 @@
+"""The one attention function and the transformer blocks built on it.
+
+Every attention in vidjax (spatial, temporal, cross, VAE, CLIP, DPT) goes through
+`dot_product_attention`, which wraps `jax.nn.dot_product_attention` in BTNH layout. The backend is
+chosen by config: 'xla' (CPU/TPU and the portable default) or 'cudnn' (GPU flash attention, for
+bf16/fp16 spatial attention; it must be asked for explicitly). Masks (the causal window L_M) and
+additive biases (relative positions) go through the same function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vidjax.models import layers
+
+Dtype = Any
+BACKENDS = ("xla", "cudnn")
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
+                          mask: jax.Array | None = None, relative_values: jax.Array | None = None,
+                          backend: str = "xla") -> jax.Array:
+  """softmax(q k^T / sqrt(H) + bias, masked) v.
+
+  Args:
+    q: (B, Lq, N, H) queries; k, v: (B, Lk, N, H) keys and values.
+    bias: additive logits, broadcastable to (B, N, Lq, Lk).
+    mask: bool, broadcastable to (B, N, Lq, Lk); True = may attend. Every query must see a key.
+    relative_values: (Lq, Lk, H) Shaw et al. value embeddings: adds sum_k p_qk r_qk to the output.
+      The probabilities are needed explicitly, so this takes the explicit XLA path (used only for
+      temporal attention, whose sequences are short).
+    backend: 'xla' or 'cudnn'.
+  Returns:
+    (B, Lq, N, H) in q's dtype.
+  """
+  if backend not in BACKENDS:
+    raise ValueError(f"attention backend {backend!r}: expected one of {BACKENDS}")
+  if relative_values is None:
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=backend)
+  logits = jnp.einsum("bqnh,bknh->bnqk", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bnqk,bknh->bqnh", probs, v)
+  return out + jnp.einsum("bnqk,qkh->bqnh", probs, relative_values.astype(v.dtype))
+
+
+def relative_position_index(length_q: int, length_k: int, max_distance: int) -> jax.Array:
+  """(Lq, Lk) int32 index into a (2 * max_distance + 1)-row table of clipped distances k - q."""
+  distance = jnp.arange(length_k)[None, :] - jnp.arange(length_q)[:, None]
+  return jnp.clip(distance, -max_distance, max_distance) + max_distance
+
+
+class Attention(nn.Module):
+  """Multi-head attention with diffusers' parameter names (to_q, to_k, to_v, to_out_0).
+
+  `relative_position` > 0 adds Shaw et al. relative key and value embeddings clipped at that
+  distance (Make-Your-Video's temporal attention); their tables are `relative_position_k/_v`.
+  """
+
+  heads: int
+  head_dim: int
+  out_features: int | None = None  # defaults to the query width
+  qkv_bias: bool = False
+  relative_position: int = 0
+  backend: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask: jax.Array | None = None) -> jax.Array:
+    """x: (B, Lq, C); context: (B, Lk, D) or None for self-attention; mask as in dot_product_attention."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    inner = self.heads * self.head_dim
+    context = x if context is None else context
+    split = lambda t: t.reshape(t.shape[:2] + (self.heads, self.head_dim))
+    q = split(layers.dense(inner, names=("embed", "heads"), use_bias=self.qkv_bias, name="to_q", **kw)(x))
+    k = split(layers.dense(inner, names=("embed", "heads"), use_bias=self.qkv_bias, name="to_k", **kw)(context))
+    v = split(layers.dense(inner, names=("embed", "heads"), use_bias=self.qkv_bias, name="to_v", **kw)(context))
+    bias = relative_values = None
+    if self.relative_position:
+      rows = 2 * self.relative_position + 1
+      table_init = layers.partitioned(nn.initializers.xavier_uniform(), (None, None))
+      table_k = self.param("relative_position_k", table_init, (rows, self.head_dim), self.param_dtype)
+      table_v = self.param("relative_position_v", table_init, (rows, self.head_dim), self.param_dtype)
+      index = relative_position_index(q.shape[1], k.shape[1], self.relative_position)
+      scale = 1.0 / jnp.sqrt(jnp.float32(self.head_dim))
+      bias = jnp.einsum("bqnh,qkh->bnqk", q, table_k[index].astype(q.dtype)) * scale.astype(q.dtype)
+      relative_values = table_v[index]
+    out = dot_product_attention(q, k, v, bias=bias, mask=mask, relative_values=relative_values,
+                                backend=self.backend)
+    out = out.reshape(out.shape[:2] + (inner,))
+    return layers.dense(self.out_features or x.shape[-1], names=("heads", "embed"), name="to_out_0", **kw)(out)
+
+
+class GEGLU(nn.Module):
+  """proj to 2x width, split, x * gelu(gate) (exact gelu, as torch)."""
+
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = layers.dense(2 * self.features, names=("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="proj")(x)
+    h, gate = jnp.split(h, 2, axis=-1)
+    return h * nn.gelu(gate, approximate=False)
+
+
+class FeedForward(nn.Module):
+  """GEGLU feed-forward with 4x hidden width; names follow diffusers (net_0.proj, net_2)."""
+
+  mult: int = 4
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = GEGLU(self.mult * x.shape[-1], name="net_0", **kw)(x)
+    return layers.dense(x.shape[-1], names=("mlp", "embed"), name="net_2", **kw)(h)
+
+
+class TransformerBlock(nn.Module):
+  """LN -> self-attn -> LN -> attn2 -> LN -> GEGLU FF, each residual (diffusers BasicTransformerBlock).
+
+  attn2 attends to `context` (cross-attention) when `cross_attention`, else it is a second
+  self-attention that also takes the mask (Make-Your-Video's temporal blocks).
+  """
+
+  heads: int
+  head_dim: int
+  cross_attention: bool = True
+  relative_position: int = 0
+  backend: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask: jax.Array | None = None) -> jax.Array:
+    """x: (B, L, C); context: (B, Lc, D); returns (B, L, C)."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    attn = dict(heads=self.heads, head_dim=self.head_dim, relative_position=self.relative_position,
+                backend=self.backend, **kw)
+    x = x + Attention(name="attn1", **attn)(layers.layer_norm(name="norm1", **kw)(x), mask=mask)
+    h = layers.layer_norm(name="norm2", **kw)(x)
+    if self.cross_attention:
+      x = x + Attention(name="attn2", **{**attn, "relative_position": 0})(h, context)
+    else:
+      x = x + Attention(name="attn2", **attn)(h, mask=mask)
+    return x + FeedForward(name="ff", **kw)(layers.layer_norm(name="norm3", **kw)(x))
+
+
+class SpatialTransformer(nn.Module):
+  """Per-frame transformer on (N, H, W, C) (diffusers Transformer2DModel, linear projections).
+
+  GroupNorm (eps 1e-6) -> proj_in -> blocks over the H*W tokens with cross-attention -> proj_out,
+  plus the input. 1x1-conv projections (SD-1 checkpoints) convert to the same Dense layers.
+  """
+
+  heads: int
+  head_dim: int
+  depth: int = 1
+  num_groups: int = 32
+  backend: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+    """x: (N, H, W, C); context: (N, L, D)."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    n, h, w, c = x.shape
+    inner = self.heads * self.head_dim
+    y = layers.group_norm(self.num_groups, 1e-6, name="norm", **kw)(x).reshape(n, h * w, c)
+    y = layers.dense(inner, names=("embed", "mlp"), name="proj_in", **kw)(y)
+    for i in range(self.depth):
+      y = TransformerBlock(self.heads, self.head_dim, backend=self.backend, name=f"transformer_blocks_{i}", **kw)(
+          y, context)
+    y = layers.dense(c, names=("mlp", "embed"), name="proj_out", **kw)(y)
+    return x + y.reshape(n, h, w, c)

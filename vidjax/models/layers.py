@@ -1,0 +1,136 @@
+"""Primitive layers shared by every model: partitioned dense/conv, norms, timestep embedding, resampling.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`); `vidjax.parallel`
+maps them to mesh axes with the rules in the config. Layouts are channels-last; convolutions act
+on (N, H, W, C), with video frames folded into N by the caller.
+
+Logical axis names used for parameters:
+  'embed'        feature width of a transformer / dense layer input (sharded by FSDP rules)
+  'mlp', 'heads' expanded width (feed-forward hidden, attention projections)
+  'conv_in', 'conv_out' conv kernel channels; 'conv_h', 'conv_w', 'conv_t' kernel taps
+  'norm'         norm scales and biases (small: replicated)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+_DEFAULT_KERNEL_INIT = nn.initializers.lecun_normal()
+
+
+def partitioned(init, names: Sequence[str | None]):
+  """Attaches logical axis names to an initializer."""
+  return nn.with_logical_partitioning(init, tuple(names))
+
+
+def dense(features: int, *, names=("embed", "mlp"), use_bias=True, zero_init=False, dtype=jnp.float32,
+          param_dtype=jnp.float32, name=None) -> nn.Dense:
+  """A Dense layer whose kernel (in, out) and bias (out,) carry logical axis names."""
+  kernel_init = nn.initializers.zeros_init() if zero_init else _DEFAULT_KERNEL_INIT
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                  kernel_init=partitioned(kernel_init, names),
+                  bias_init=partitioned(nn.initializers.zeros_init(), names[-1:]))
+
+
+def conv(features: int, kernel_size: Sequence[int] = (3, 3), *, strides=1, padding="SAME", zero_init=False,
+         dtype=jnp.float32, param_dtype=jnp.float32, name=None) -> nn.Conv:
+  """A 2D (or 1D/3D by kernel rank) convolution with logical axis names, channels-last.
+
+  `padding` follows flax: 'SAME', 'VALID' or explicit ((lo, hi), ...) pairs, which is how the
+  PyTorch symmetric `padding=1` (and the VAE's asymmetric (0, 1) downsample pad) are expressed.
+  """
+  taps = {1: ("conv_t",), 2: ("conv_h", "conv_w"), 3: ("conv_t", "conv_h", "conv_w")}[len(kernel_size)]
+  kernel_init = nn.initializers.zeros_init() if zero_init else _DEFAULT_KERNEL_INIT
+  return nn.Conv(features, tuple(kernel_size), strides=strides, padding=padding, dtype=dtype,
+                 param_dtype=param_dtype, name=name,
+                 kernel_init=partitioned(kernel_init, taps + ("conv_in", "conv_out")),
+                 bias_init=partitioned(nn.initializers.zeros_init(), ("conv_out",)))
+
+
+def group_norm(num_groups: int, epsilon: float, *, dtype=jnp.float32, param_dtype=jnp.float32, name=None):
+  """GroupNorm over all non-batch axes per group, as torch.nn.GroupNorm (statistics in float32)."""
+  return nn.GroupNorm(num_groups=num_groups, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name,
+                      scale_init=partitioned(nn.initializers.ones_init(), ("norm",)),
+                      bias_init=partitioned(nn.initializers.zeros_init(), ("norm",)))
+
+
+def layer_norm(epsilon: float = 1e-5, *, dtype=jnp.float32, param_dtype=jnp.float32, name=None):
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name,
+                      scale_init=partitioned(nn.initializers.ones_init(), ("norm",)),
+                      bias_init=partitioned(nn.initializers.zeros_init(), ("norm",)))
+
+
+def timestep_embedding(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool = True,
+                       downscale_freq_shift: float = 0.0, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal embedding of (N,) timesteps -> (N, dim) float32, as diffusers' `Timesteps`.
+
+  freq_i = exp(-log(max_period) * i / (dim/2 - shift)); output [sin | cos], or [cos | sin] when flipped
+  (SD and LVDM use the flipped order).
+  """
+  half = dim // 2
+  exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - downscale_freq_shift)
+  args = jnp.asarray(timesteps, jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  if flip_sin_to_cos:
+    emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class TimestepMLP(nn.Module):
+  """linear -> SiLU -> linear on a timestep embedding (diffusers `TimestepEmbedding`)."""
+
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, emb: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    emb = dense(self.features, names=("embed", "mlp"), name="linear_1", **kw)(emb)
+    return dense(self.features, names=("mlp", "embed"), name="linear_2", **kw)(nn.silu(emb))
+
+
+class Downsample(nn.Module):
+  """3x3 conv at stride 2 on (N, H, W, C).
+
+  `asymmetric_pad` pads (0, 1) on H and W before a VALID conv, as the SD VAE encoder does; otherwise
+  symmetric padding 1 as the UNet does. Odd sizes give ceil(H / 2).
+  """
+
+  features: int
+  asymmetric_pad: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    padding = ((0, 1), (0, 1)) if self.asymmetric_pad else ((1, 1), (1, 1))
+    return conv(self.features, strides=2, padding=padding, dtype=self.dtype, param_dtype=self.param_dtype,
+                name="conv")(x)
+
+
+class Upsample(nn.Module):
+  """Nearest-neighbour 2x (or to `output_hw`, for odd skip sizes) then a 3x3 conv, on (N, H, W, C)."""
+
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, output_hw: tuple[int, int] | None = None) -> jax.Array:
+    n, h, w, c = x.shape
+    out_h, out_w = output_hw or (2 * h, 2 * w)
+    # Nearest as torch F.interpolate(mode='nearest'): source index floor(i * in / out).
+    rows = (jnp.arange(out_h) * h) // out_h
+    cols = (jnp.arange(out_w) * w) // out_w
+    x = x[:, rows][:, :, cols]
+    return conv(self.features, padding=((1, 1), (1, 1)), dtype=self.dtype, param_dtype=self.param_dtype,
+                name="conv")(x)
