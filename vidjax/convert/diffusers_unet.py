@@ -1,0 +1,63 @@
+"""diffusers UNet2DConditionModel -> VideoUNet params.
+
+The VideoUNet mirrors diffusers' module names, so the only mapping is the generic one in
+`common.convert_state_dict`. Temporal layers do not exist in image checkpoints: they are reported
+as missing and keep their init (zero output projections), so the converted video model equals the
+image model frame by frame until trained.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from vidjax.convert import common
+from vidjax.models.unet import UNetConfig, VideoUNet, init_inputs
+
+
+def is_temporal(path: common.Path) -> bool:
+  return any(part.startswith("temporal_") for part in path)
+
+
+def unet_param_shapes(config: UNetConfig) -> dict[str, Any]:
+  """The param tree's shapes and dtypes, without allocating it."""
+  variables = jax.eval_shape(VideoUNet(config).init, jax.random.key(0), **init_inputs(config))
+  return nn.unbox(variables)["params"]
+
+
+def init_unet_params(config: UNetConfig, seed: int = 0) -> dict[str, Any]:
+  return nn.unbox(jax.jit(VideoUNet(config).init)(jax.random.key(seed), **init_inputs(config)))["params"]
+
+
+def convert_unet(source: str | os.PathLike | Mapping[str, np.ndarray], config: UNetConfig | None = None, *,
+                 seed: int = 0, **config_overrides) -> tuple[UNetConfig, dict[str, Any], common.ConversionReport]:
+  """Converts a diffusers `unet/` folder (config.json + weights) or a state dict.
+
+  Args:
+    source: a diffusers UNet folder, or a state dict (then `config` is required).
+    config: the target config; by default read from the folder's config.json with `config_overrides`
+      applied (e.g. temporal_conv='pseudo3d' to build a video UNet around image weights).
+    seed: init seed for params the checkpoint lacks (temporal layers).
+  Returns:
+    (config, params as nested numpy dict, report).
+  """
+  if isinstance(source, Mapping):
+    if config is None:
+      raise ValueError("config is required when converting a state dict")
+    state_dict, name = source, "state dict"
+  else:
+    folder = os.fspath(source)
+    if config is None:
+      config = UNetConfig.from_diffusers(common.read_json(os.path.join(folder, "config.json")), **config_overrides)
+    name = common.find_weights(folder, ["diffusion_pytorch_model"])
+    state_dict = common.load_state_dict(name)
+  shapes = unet_param_shapes(config)
+  needs_init = any(is_temporal(p) for p in common.flatten(shapes))
+  params, report = common.convert_state_dict(
+      state_dict, shapes, source=str(name), allow_missing=is_temporal,
+      init_params=init_unet_params(config, seed) if needs_init else None)
+  return config, params, report

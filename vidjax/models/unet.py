@@ -1,0 +1,240 @@
+"""VideoUNet: the SD-2-family UNet with both papers' temporal layers, in linen.
+
+Image mode computes exactly what diffusers' UNet2DConditionModel computes (tested to 1e-4);
+module names mirror diffusers' state-dict keys (down_blocks_0/resnets_1/conv1, ...), so the
+converter needs no per-layer table. Temporal layers (see `temporal.py`) are added per config:
+  Gen-1:            temporal_conv='conv1d', temporal_attention=True, temporal_max_frames=8
+  Make-Your-Video:  temporal_conv='pseudo3d', temporal_attention=True, temporal_relative_position=16,
+                    temporal_causal=True (the window L_M is a call argument, not a weight)
+Inputs are channels-last videos (B, T, h, w, C); spatial layers fold T into the batch.
+Structure (depth latents + t_s channels, or 1-channel depth) is concatenated to the latent, so
+`in_channels` = latent channels + structure channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vidjax.errors import ConfigError
+from vidjax.models import layers
+from vidjax.models.attention import SpatialTransformer
+from vidjax.models.resnet import TEMPORAL_CONV_KINDS, ResnetBlock
+from vidjax.models.temporal import TemporalInfo, TemporalTransformer
+
+ACTIVATION_AXES = ("batch", "height", "width", "embed")  # folded (B*T, h, w, C) activations
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+  """Architecture of a VideoUNet. Defaults are Stable Diffusion 2 depth (image mode)."""
+
+  in_channels: int = 5
+  out_channels: int = 4
+  block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+  layers_per_block: int = 2
+  attention_levels: tuple[bool, ...] = (True, True, True, False)  # CrossAttn blocks per level
+  num_attention_heads: tuple[int, ...] = (5, 10, 20, 20)  # per level (diffusers' `attention_head_dim` for SD-2)
+  cross_attention_dim: int = 1024
+  transformer_depth: int = 1
+  norm_num_groups: int = 32
+  norm_eps: float = 1e-5
+  flip_sin_to_cos: bool = True
+  freq_shift: float = 0.0
+  temporal_conv: str = "none"  # 'none' | 'conv1d' (Gen-1) | 'pseudo3d' (Make-Your-Video)
+  temporal_attention: bool = False
+  temporal_relative_position: int = 0  # Make-Your-Video: 16
+  temporal_max_frames: int = 0  # learned frame-index embeddings (Gen-1); 0 = none
+  temporal_causal: bool = False  # Make-Your-Video's causal attention mask
+  attention_backend: str = "xla"  # spatial attention: 'xla' or 'cudnn'; temporal attention always 'xla'
+  remat: bool = False  # rematerialise each down/mid/up block in the backward pass
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"  # storage dtype
+
+  def __post_init__(self):
+    levels = len(self.block_out_channels)
+    if len(self.attention_levels) != levels or len(self.num_attention_heads) != levels:
+      raise ConfigError("UNetConfig", "attention_levels and num_attention_heads need one entry per level",
+                        f"give {levels} entries each")
+    if self.temporal_conv not in TEMPORAL_CONV_KINDS:
+      raise ConfigError("UNetConfig.temporal_conv", f"unknown kind {self.temporal_conv!r}",
+                        f"use one of {TEMPORAL_CONV_KINDS}")
+    for c, heads in zip(self.block_out_channels, self.num_attention_heads):
+      if c % self.norm_num_groups or c % heads:
+        raise ConfigError("UNetConfig", f"{c} channels do not divide into {self.norm_num_groups} groups / {heads} heads",
+                          "choose channels divisible by norm_num_groups and by the level's head count")
+
+  @property
+  def has_temporal(self) -> bool:
+    return self.temporal_conv != "none" or self.temporal_attention
+
+  @classmethod
+  def from_diffusers(cls, config: dict[str, Any], **overrides) -> "UNetConfig":
+    """From a diffusers UNet2DConditionModel config.json dict (SD-1/2 families)."""
+    levels = len(config["block_out_channels"])
+    heads = config.get("num_attention_heads") or config.get("attention_head_dim", 8)
+    heads = tuple(heads) if isinstance(heads, (list, tuple)) else (heads,) * levels
+    unsupported = {k: config.get(k) for k in ("class_embed_type", "addition_embed_type", "encoder_hid_dim")
+                   if config.get(k) is not None}
+    unsupported.update({k: config[k] for k in ("resnet_time_scale_shift",) if config.get(k, "default") != "default"})
+    if unsupported or config.get("transformer_layers_per_block", 1) not in (1, [1] * levels):
+      raise ConfigError("UNet config.json", f"unsupported settings {unsupported or 'transformer_layers_per_block'}",
+                        "vidjax ports the SD-1/SD-2 UNet family")
+    return cls(in_channels=config["in_channels"], out_channels=config["out_channels"],
+               block_out_channels=tuple(config["block_out_channels"]), layers_per_block=config["layers_per_block"],
+               attention_levels=tuple(t.startswith("CrossAttn") for t in config["down_block_types"]),
+               num_attention_heads=heads, cross_attention_dim=config["cross_attention_dim"],
+               norm_num_groups=config.get("norm_num_groups", 32), norm_eps=config.get("norm_eps", 1e-5),
+               flip_sin_to_cos=config.get("flip_sin_to_cos", True), freq_shift=config.get("freq_shift", 0),
+               **overrides)
+
+
+class _Level(nn.Module):
+  """Shared pieces of down/mid/up blocks: one res block, then attention (+ temporal attention)."""
+
+  config: UNetConfig
+  level: int
+
+  def kw(self):
+    return dict(dtype=jnp.dtype(self.config.dtype), param_dtype=jnp.dtype(self.config.param_dtype))
+
+  def resnet(self, x, temb, temporal, channels, name):
+    c = self.config
+    return ResnetBlock(channels, c.norm_num_groups, c.norm_eps, temporal_conv=c.temporal_conv, name=name,
+                       **self.kw())(x, temb, temporal)
+
+  def attend(self, x, context, temporal, index):
+    c = self.config
+    heads = c.num_attention_heads[self.level]
+    head_dim = x.shape[-1] // heads
+    x = SpatialTransformer(heads, head_dim, c.transformer_depth, c.norm_num_groups, c.attention_backend,
+                           name=f"attentions_{index}", **self.kw())(x, context)
+    if c.temporal_attention:
+      temporal_block = TemporalTransformer(
+          heads, head_dim, c.transformer_depth, c.norm_num_groups, c.temporal_relative_position,
+          c.temporal_max_frames, c.temporal_causal, name=f"temporal_attentions_{index}", **self.kw())
+      x = temporal.residual(x, lambda v: temporal_block(v, window=temporal.window))
+    return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+
+class DownBlock(_Level):
+  """layers_per_block x (res [+ attention]) then a stride-2 conv (except the last level)."""
+
+  @nn.compact
+  def __call__(self, x, temb, context, temporal):
+    c = self.config
+    skips = []
+    for j in range(c.layers_per_block):
+      x = self.resnet(x, temb, temporal, c.block_out_channels[self.level], f"resnets_{j}")
+      if c.attention_levels[self.level]:
+        x = self.attend(x, context, temporal, j)
+      skips.append(x)
+    if self.level < len(c.block_out_channels) - 1:
+      x = layers.Downsample(x.shape[-1], name="downsamplers_0", **self.kw())(x)
+      skips.append(x)
+    return x, tuple(skips)
+
+
+class MidBlock(_Level):
+  """res, attention (+ temporal attention), res at the lowest resolution."""
+
+  @nn.compact
+  def __call__(self, x, temb, context, temporal):
+    x = self.resnet(x, temb, temporal, x.shape[-1], "resnets_0")
+    x = self.attend(x, context, temporal, 0)
+    return self.resnet(x, temb, temporal, x.shape[-1], "resnets_1")
+
+
+class UpBlock(_Level):
+  """(layers_per_block + 1) x (concat skip, res [+ attention]) then a 2x upsample (except the last)."""
+
+  @nn.compact
+  def __call__(self, x, skips, temb, context, temporal, upsample_like):
+    c = self.config
+    for j, skip in enumerate(reversed(skips)):
+      x = self.resnet(jnp.concatenate([x, skip], axis=-1), temb, temporal, c.block_out_channels[self.level],
+                      f"resnets_{j}")
+      if c.attention_levels[self.level]:
+        x = self.attend(x, context, temporal, j)
+    if upsample_like is not None:
+      x = layers.Upsample(x.shape[-1], name="upsamplers_0", **self.kw())(x, upsample_like.shape[1:3])
+    return x
+
+
+def _maybe_remat(cls, remat: bool):
+  return nn.remat(cls) if remat else cls
+
+
+class VideoUNet(nn.Module):
+  """Predicts eps or v for latent videos; see the module docstring."""
+
+  config: UNetConfig
+
+  @nn.compact
+  def __call__(self, latents: jax.Array, timesteps: jax.Array, context: jax.Array,
+               structure: jax.Array | None = None, *, video_gate: jax.Array | None = None,
+               temporal_window: jax.Array | int | None = None, image_mode: bool = False) -> jax.Array:
+    """Denoiser forward pass.
+
+    Args:
+      latents: (B, T, h, w, C) noisy latents.
+      timesteps: (B,) or () diffusion timesteps.
+      context: (B, L, D) content tokens (text tokens, or one CLIP image embedding with L = 1).
+      structure: (B, T, h, w, Cs) channels concatenated to the latents, or None.
+      video_gate: (B,) 1 = video mode, 0 = image mode per sample (temporal guidance in one call).
+      temporal_window: causal receptive field L_M of temporal attention (needs temporal_causal).
+      image_mode: skip all temporal layers (image batches in joint training; the image model).
+    Returns:
+      (B, T, h, w, out_channels) in float32.
+    """
+    c = self.config
+    kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+    b, t, h, w, _ = latents.shape
+    x = latents if structure is None else jnp.concatenate([latents, structure.astype(latents.dtype)], axis=-1)
+    if x.shape[-1] != c.in_channels:
+      raise ConfigError("UNet input", f"{x.shape[-1]} channels (latents + structure) but the model takes {c.in_channels}",
+                        "pass the structure the model was trained with, or widen the input by surgery")
+    temporal = TemporalInfo(gate=video_gate, window=temporal_window, num_frames=t,
+                            enabled=c.has_temporal and not image_mode)
+    timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (b,))
+    temb = layers.timestep_embedding(timesteps, c.block_out_channels[0], flip_sin_to_cos=c.flip_sin_to_cos,
+                                     downscale_freq_shift=c.freq_shift)
+    temb = layers.TimestepMLP(4 * c.block_out_channels[0], name="time_embedding", **kw)(temb.astype(kw["dtype"]))
+    temb = jnp.repeat(temb, t, axis=0)
+    context = jnp.repeat(context.astype(kw["dtype"]), t, axis=0)
+
+    x = x.reshape(b * t, h, w, -1).astype(kw["dtype"])
+    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+    x = layers.conv(c.block_out_channels[0], padding=((1, 1), (1, 1)), name="conv_in", **kw)(x)
+    skips: list[Sequence[jax.Array]] = []
+    all_skips = [x]
+    for level in range(len(c.block_out_channels)):
+      x, level_skips = _maybe_remat(DownBlock, c.remat)(c, level, name=f"down_blocks_{level}")(x, temb, context, temporal)
+      skips.append(level_skips)
+      all_skips.extend(level_skips)
+    x = _maybe_remat(MidBlock, c.remat)(c, len(c.block_out_channels) - 1, name="mid_block")(x, temb, context, temporal)
+
+    # Up block i consumes layers_per_block + 1 skips, newest first; it upsamples to the size of the
+    # next skip so that odd latent sizes (which the stride-2 convs round up) come back exactly.
+    pending = list(all_skips)
+    for i, level in enumerate(reversed(range(len(c.block_out_channels)))):
+      level_skips = tuple(pending[-(c.layers_per_block + 1):])
+      del pending[-(c.layers_per_block + 1):]
+      upsample_like = pending[-1] if pending and level > 0 else None
+      x = _maybe_remat(UpBlock, c.remat)(c, level, name=f"up_blocks_{i}")(
+          x, level_skips, temb, context, temporal, upsample_like)
+    x = nn.silu(layers.group_norm(c.norm_num_groups, c.norm_eps, name="conv_norm_out", **kw)(x))
+    x = layers.conv(c.out_channels, padding=((1, 1), (1, 1)), name="conv_out", **kw)(x)
+    return x.reshape(b, t, h, w, c.out_channels).astype(jnp.float32)
+
+
+def init_inputs(config: UNetConfig, *, batch: int = 1, frames: int = 1, height: int = 8, width: int = 8,
+                context_length: int = 1) -> dict[str, jax.Array]:
+  """Dummy inputs of the right shapes for `VideoUNet.init` (structure folded into latents)."""
+  return dict(latents=jnp.zeros((batch, frames, height, width, config.in_channels), jnp.float32),
+              timesteps=jnp.zeros((batch,), jnp.int32),
+              context=jnp.zeros((batch, context_length, config.cross_attention_dim), jnp.float32))
