@@ -136,7 +136,7 @@ class ConversionReport:
 
   converted: list[str]
   missing: list[str]  # target params with no source (left at their init value)
-  unexpected: list[str]  # source keys with no target
+  unexpected: list[str]  # source keys with no target (all allowed by `allow_unexpected`, or it raises)
 
   def summary(self) -> str:
     return (f"converted {len(self.converted)} tensors; {len(self.missing)} target params left at init; "
@@ -193,8 +193,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], target: Mapping[str
       continue
     candidates = [p for p in _leaf_candidates(key_to_path(new_key)) if p in targets]
     if not candidates:
-      if not allow_unexpected(key):
-        unexpected.append(key)
+      unexpected.append(key)
       continue
     path = candidates[0]
     adapted = _adapt(np.asarray(value), path[-1], tuple(targets[path].shape))
@@ -209,8 +208,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], target: Mapping[str
     problems.append("shape mismatches: " + "; ".join(mismatched[:20]))
   if bad_missing:
     problems.append(f"{len(bad_missing)} params missing from the source: " + ", ".join(bad_missing[:20]))
-  if unexpected:
-    problems.append(f"{len(unexpected)} source keys have no place: " + ", ".join(unexpected[:20]))
+  bad_unexpected = [k for k in unexpected if not allow_unexpected(k)]
+  if bad_unexpected:
+    problems.append(f"{len(bad_unexpected)} source keys have no place: " + ", ".join(bad_unexpected[:20]))
   if problems:
     raise ConfigError(source, "does not match the model it is converted into (" + " | ".join(problems) + ")",
                       "check that the model config matches the checkpoint (channels, heads, layers, in_channels)")

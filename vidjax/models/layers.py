@@ -38,8 +38,8 @@ def dense(features: int, *, names=("embed", "mlp"), use_bias=True, zero_init=Fal
                   bias_init=partitioned(nn.initializers.zeros_init(), names[-1:]))
 
 
-def conv(features: int, kernel_size: Sequence[int] = (3, 3), *, strides=1, padding="SAME", zero_init=False,
-         dtype=jnp.float32, param_dtype=jnp.float32, name=None) -> nn.Conv:
+def conv(features: int, kernel_size: Sequence[int] = (3, 3), *, strides=1, padding="SAME", use_bias=True,
+         zero_init=False, dtype=jnp.float32, param_dtype=jnp.float32, name=None) -> nn.Conv:
   """A 2D (or 1D/3D by kernel rank) convolution with logical axis names, channels-last.
 
   `padding` follows flax: 'SAME', 'VALID' or explicit ((lo, hi), ...) pairs, which is how the
@@ -47,7 +47,7 @@ def conv(features: int, kernel_size: Sequence[int] = (3, 3), *, strides=1, paddi
   """
   taps = {1: ("conv_t",), 2: ("conv_h", "conv_w"), 3: ("conv_t", "conv_h", "conv_w")}[len(kernel_size)]
   kernel_init = nn.initializers.zeros_init() if zero_init else _DEFAULT_KERNEL_INIT
-  return nn.Conv(features, tuple(kernel_size), strides=strides, padding=padding, dtype=dtype,
+  return nn.Conv(features, tuple(kernel_size), strides=strides, padding=padding, use_bias=use_bias, dtype=dtype,
                  param_dtype=param_dtype, name=name,
                  kernel_init=partitioned(kernel_init, taps + ("conv_in", "conv_out")),
                  bias_init=partitioned(nn.initializers.zeros_init(), ("conv_out",)))
@@ -102,7 +102,7 @@ class Downsample(nn.Module):
   """3x3 conv at stride 2 on (N, H, W, C).
 
   `asymmetric_pad` pads (0, 1) on H and W before a VALID conv, as the SD VAE encoder does; otherwise
-  symmetric padding 1 as the UNet does. Odd sizes give ceil(H / 2).
+  symmetric padding 1 as the UNet does. Odd sizes give ceil(H / 2) (symmetric) or floor(H / 2) (asymmetric).
   """
 
   features: int
