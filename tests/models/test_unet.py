@@ -20,13 +20,6 @@ from vidjax.models.attention import Attention
 from vidjax.models.temporal import TemporalTransformer, causal_window_mask
 from vidjax.models.unet import UNetConfig, VideoUNet, init_inputs
 
-# Odd, prime-ish sizes: 5 input channels (SD-2-depth), different head dims per level (8, 6, 8),
-# cross-attention width 13, a 13x11 latent that the stride-2 convs round up.
-TINY_DIFFUSERS = dict(
-    sample_size=16, in_channels=5, out_channels=4, block_out_channels=(16, 24, 32), layers_per_block=2,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    attention_head_dim=(2, 4, 4), cross_attention_dim=13, norm_num_groups=8, use_linear_projection=True)
 GEN1 = dict(temporal_conv="conv1d", temporal_attention=True, temporal_max_frames=8)
 MYV = dict(temporal_conv="pseudo3d", temporal_attention=True, temporal_relative_position=4, temporal_causal=True)
 
@@ -34,7 +27,7 @@ MYV = dict(temporal_conv="pseudo3d", temporal_attention=True, temporal_relative_
 @pytest.fixture(scope="module")
 def diffusers_unet(tmp_path_factory):
   torch.manual_seed(0)
-  model = torch_oracle.perturb_(UNet2DConditionModel(**TINY_DIFFUSERS), seed=1, scale=0.05)
+  model = torch_oracle.perturb_(UNet2DConditionModel(**torch_oracle.TINY_UNET), seed=1, scale=0.05)
   folder = tmp_path_factory.mktemp("unet")
   model.save_pretrained(folder)
   return model, folder
