@@ -1,0 +1,1 @@
+"""Data: clip records and manifests, the Grain loader, and video reading and writing."""

@@ -1,0 +1,279 @@
+"""Grain input pipeline over clip shards: shuffle, per-process shard, t_s augmentation, mixing.
+
+  loader = Loader(config)            # config: default_loader_config() with data_dir etc. set
+  batch = next(loader)
+  state = loader.get_state()         # JSON-serialisable; put it in the checkpoint
+  Loader(config).set_state(state)    # continues with exactly the batches that would have followed
+
+Batches (per process; B = batch_size, T = num_frames of the manifest, N = B for a video batch and
+image_batch_size, default B * T, for an image batch, whose time axis has length 1):
+  frames              float32 (N, T|1, H, W, 3) in [-1, 1]   (absent when use_latents)
+  latents             float32 (N, T|1, h, w, 4)              (only when use_latents)
+  depth               float32 (N, T|1, H, W, 1) in [-1, 1], after the t_s blur, min-max per sample
+  structure_fidelity  int32 (N,), the paper's t_s, uniform in [min, max] of the config
+  tokens              int32 (N, L), the caption's token ids padded to L
+  is_image            bool, 0-d: True for an image batch
+
+How the stream is made, and why:
+  - Records are shuffled globally by `seed` (a new permutation each epoch) and process p of P takes
+    every P-th record, so processes see disjoint data that together covers each epoch, and every
+    process yields the same number of batches.
+  - Each batch is one element of a Grain `MapDataset`, computed from its step index alone. Hence
+    worker processes (each computes every worker_count-th batch) give the same batches as none, the
+    iterator state is just a position, and restoring it replays the stream exactly.
+  - Whether step k is an image batch is drawn from (seed, k) only: every process agrees on the
+    batch shape and a restored run makes the same choices (Gen-1 samples image batches with
+    probability 12.5%). An image batch takes single frames from the clips that step would have
+    used, so the data order does not depend on the mixing; Gen-1's image batch of 9216 equals its
+    video batch of 1152 x 8 frames, which is our default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import threading
+from typing import Any, Mapping
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from vidjax.conditioning import structure
+from vidjax.data import records
+from vidjax.errors import ConfigError, InputError
+
+# Loading transformers lazily, or calling a fast tokenizer, from several threads at once fails.
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def default_loader_config() -> ml_collections.ConfigDict:
+  """Loader settings; batch sizes are per process."""
+  config = ml_collections.ConfigDict()
+  config.data_dir = ""  # shard folder with manifest.json (data_pipelines/build_shards.py)
+  config.tokenizer_dir = ""  # transformers tokenizer folder; toy: vidjax.toyworld.save_tokenizer
+  config.max_caption_tokens = 0  # L; 0 = the tokenizer's model_max_length
+  config.batch_size = 8  # clips per video batch
+  config.image_fraction = 0.125  # Gen-1: image batches with probability 12.5%
+  config.image_batch_size = 0  # frames per image batch; 0 = batch_size * num_frames
+  config.structure_fidelity_min = 0  # t_s ~ U{min, ..., max}; Gen-1's last stage: 0..7
+  config.structure_fidelity_max = 7
+  config.seed = 0
+  config.shuffle = True
+  config.num_epochs = 0  # 0 = repeat forever
+  config.use_latents = False  # read cached VAE latents instead of frames
+  config.worker_count = 0  # Grain worker processes; 0 = batches are made in this process
+  config.worker_buffer_size = 2  # batches each worker prepares ahead
+  config.read_threads = 2  # threads making batches in this process (or in each worker)
+  config.prefetch_batches = 4
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSettings:
+  """What `AssembleBatch` needs; plain data so Grain can pickle it to worker processes."""
+
+  folder: str
+  fields: Mapping[str, records.FieldSpec]
+  seed: int
+  process_index: int
+  image_fraction: float
+  image_batch_size: int
+  structure_fidelity_range: tuple[int, int]
+  tokenizer_dir: str
+  max_caption_tokens: int
+  use_latents: bool
+
+
+def is_image_step(seed: int, step: int, image_fraction: float) -> bool:
+  """Whether batch `step` is an image batch: a function of (seed, step) alone."""
+  return bool(np.random.default_rng([seed, step]).random() < image_fraction)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(folder: str):
+  import transformers  # pylint: disable=g-import-not-at-top
+  try:
+    return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+  except (OSError, ValueError) as e:
+    raise InputError(folder, f"cannot load a tokenizer ({e})",
+                     "set tokenizer_dir to a saved transformers tokenizer folder") from e
+
+
+def tokenize(captions: list[str], folder: str, max_tokens: int) -> np.ndarray:
+  """int32 (len(captions), L) ids, padded and truncated to L (0: the model_max_length)."""
+  with _TOKENIZER_LOCK:
+    tokenizer = _tokenizer(folder)
+    ids = tokenizer(captions, padding="max_length", truncation=True,
+                    max_length=max_tokens or tokenizer.model_max_length,
+                    return_tensors="np")["input_ids"]
+  return ids.astype(np.int32)
+
+
+def _augment_depth(depth: np.ndarray, structure_fidelity: np.ndarray) -> np.ndarray:
+  """float32 (N, T, H, W) in [0, 1] -> (N, T, H, W, 1) in [-1, 1], blurred by t_s per sample."""
+  out = np.empty(depth.shape, np.float32)
+  for t in np.unique(structure_fidelity):
+    chosen = structure_fidelity == t
+    out[chosen] = structure.augment_structure(depth[chosen], int(t))
+  return structure.normalize_depth(out)[..., None]
+
+
+class AssembleBatch(grain.transforms.MapWithIndex):
+  """Decodes a step's records into a batch dict (see the module docstring)."""
+
+  def __init__(self, settings: BatchSettings):
+    self.settings = settings
+
+  def map_with_index(self, index: int, element: list[bytes]) -> dict[str, np.ndarray]:
+    s = self.settings
+    examples = [records.decode_example(r, s.fields, where=f"{s.folder} batch {index}")
+                for r in element]
+    pixels = "latents" if s.use_latents else "frames"
+    clips = {name: np.stack([e[name] for e in examples]) for name in (pixels, "depth")}
+    captions = [e["caption"] for e in examples]
+    rng = np.random.default_rng([s.seed, index, s.process_index + 1])
+    is_image = is_image_step(s.seed, index, s.image_fraction)
+    if is_image:
+      clips, captions = _image_batch(clips, captions, s.image_batch_size, rng)
+    low, high = s.structure_fidelity_range
+    fidelity = rng.integers(low, high + 1, size=len(captions)).astype(np.int32)
+    pixel_values = clips[pixels].astype(np.float32)
+    if pixels == "frames":
+      pixel_values = pixel_values / 127.5 - 1.0
+    return {
+        pixels: pixel_values,
+        "depth": _augment_depth(clips["depth"].astype(np.float32), fidelity),
+        "structure_fidelity": fidelity,
+        "tokens": tokenize(captions, s.tokenizer_dir, s.max_caption_tokens),
+        "is_image": np.asarray(is_image),
+    }
+
+
+def _image_batch(clips: dict[str, np.ndarray], captions: list[str], size: int,
+                 rng: np.random.Generator) -> tuple[dict[str, np.ndarray], list[str]]:
+  """`size` distinct frames of the clips (B, T, ...) as one-frame clips (size, 1, ...)."""
+  num_clips, num_frames = next(iter(clips.values())).shape[:2]
+  chosen = rng.permutation(num_clips * num_frames)[:size]
+  frames = {name: v.reshape((-1, 1) + v.shape[2:])[chosen] for name, v in clips.items()}
+  return frames, [captions[i // num_frames] for i in chosen]
+
+
+def _settings(config: ml_collections.ConfigDict, manifest: records.Manifest,
+              process_index: int) -> BatchSettings:
+  """Checks the config against the manifest and freezes what the batch transform needs."""
+  max_image_batch = config.batch_size * manifest.num_frames
+  image_batch_size = config.image_batch_size or max_image_batch
+  low, high = config.structure_fidelity_min, config.structure_fidelity_max
+  problems = [
+      (config.batch_size < 1, "batch_size must be >= 1"),
+      (not 0 <= config.image_fraction <= 1, "image_fraction must be in [0, 1]"),
+      (not 1 <= image_batch_size <= max_image_batch,
+       f"image_batch_size must be in [1, batch_size * num_frames = {max_image_batch}]"),
+      (not 0 <= low <= high, "need 0 <= structure_fidelity_min <= structure_fidelity_max"),
+      (config.use_latents and "latents" not in manifest.fields,
+       f"use_latents is set but {config.data_dir} holds no latents"),
+      (not config.tokenizer_dir, "tokenizer_dir is empty"),
+  ]
+  for failed, problem in problems:
+    if failed:
+      raise ConfigError("data config", problem, "fix the data section of the config")
+  return BatchSettings(
+      folder=config.data_dir, fields=manifest.fields, seed=config.seed,
+      process_index=process_index, image_fraction=config.image_fraction,
+      image_batch_size=image_batch_size, structure_fidelity_range=(low, high),
+      tokenizer_dir=config.tokenizer_dir, max_caption_tokens=config.max_caption_tokens,
+      use_latents=config.use_latents)
+
+
+def batch_dataset(config: ml_collections.ConfigDict, process_index: int,
+                  process_count: int) -> tuple[grain.MapDataset, records.Manifest]:
+  """The batches of one process as a random-access Grain MapDataset (index = step)."""
+  manifest = records.read_manifest(config.data_dir)
+  settings = _settings(config, manifest, process_index)
+  paths = records.shard_paths(config.data_dir, manifest)
+  if manifest.num_examples // process_count < config.batch_size:
+    raise InputError(config.data_dir, f"{manifest.num_examples} examples cannot fill a batch "
+                     f"of {config.batch_size} on each of {process_count} processes",
+                     "lower batch_size or build more examples")
+  ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
+  if config.shuffle:
+    ds = ds.shuffle(seed=config.seed)
+  ds = ds.repeat(config.num_epochs or None)
+  per_process = len(ds) // process_count
+  ds = ds[process_index:per_process * process_count:process_count]
+  ds = ds.batch(config.batch_size, drop_remainder=True, batch_fn=list)
+  return ds.map_with_index(AssembleBatch(settings)), manifest
+
+
+def _fingerprint(config: ml_collections.ConfigDict, process_index: int, process_count: int):
+  """Identifies the stream a state belongs to, so a mismatched restore fails loudly."""
+  keys = ("batch_size", "image_fraction", "image_batch_size", "seed", "shuffle", "num_epochs",
+          "structure_fidelity_min", "structure_fidelity_max", "use_latents")
+  stream = {k: config[k] for k in keys} | {"process": [process_index, process_count]}
+  return hashlib.sha256(json.dumps(stream, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Loader:
+  """An iterator of batch dicts with checkpointable state (see the module docstring).
+
+  Args:
+    config: `default_loader_config()` with data_dir and tokenizer_dir set.
+    process_index, process_count: this process's place among the data-loading processes;
+      default `jax.process_index()` and `jax.process_count()`.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, *, process_index: int | None = None,
+               process_count: int | None = None):
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+      raise ConfigError("process_index", f"{process_index} not in [0, {process_count})",
+                        "pass 0 <= process_index < process_count")
+    self.dataset, self.manifest = batch_dataset(config, process_index, process_count)
+    self._fingerprint = _fingerprint(config, process_index, process_count)
+    stream = self.dataset.to_iter_dataset(grain.ReadOptions(
+        num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_batches))
+    if config.worker_count > 0:
+      _mark_flags_parsed()
+      stream = stream.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
+    self._iterator = iter(stream)
+    self._from_workers = config.worker_count > 0
+
+  def __iter__(self) -> Loader:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._iterator)
+    if self._from_workers:
+      # Workers hand over shared-memory arrays; copies free that memory as soon as we return.
+      batch = {name: np.array(value) for name, value in batch.items()}
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    """JSON-serialisable position in the stream."""
+    return {"stream": self._fingerprint, "grain": self._iterator.get_state()}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    """Continues from a `get_state()` of a loader with the same data settings."""
+    if state.get("stream") != self._fingerprint:
+      raise ConfigError("data iterator state", "saved by a loader with other data settings "
+                        "or another process layout", "restore with the config it was saved with")
+    self._iterator.set_state(state["grain"])
+
+  def close(self) -> None:
+    """Stops worker processes, if any."""
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()
+
+
+def _mark_flags_parsed() -> None:
+  """Grain reads absl flags when it starts workers; under pytest or a plain script none parsed."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
