@@ -12,7 +12,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from tests.models.torch_oracle import perturb_, to_torch_nchw
+from torch_oracle import perturb_, to_torch_nchw
 from vidjax.convert import hf_clip
 from vidjax.errors import ConfigError, InputError
 from vidjax.models import clip
