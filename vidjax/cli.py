@@ -14,6 +14,8 @@ from vidjax.errors import EXIT_ERROR, VidjaxError
 
 # name -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("vidjax.train.main", "train a model from a config file (resumes in the same workdir)"),
+    "convert": ("vidjax.convert.cli", "convert diffusers / HF / Make-Your-Video checkpoints to vidjax"),
     "sample": ("vidjax.pipelines.random_demo",
                "sample a toy-world video through the whole model stack (tiny random model until `train` exists)"),
     "build-shards": ("data_pipelines.build_shards",

@@ -56,6 +56,12 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[st
     os.close(fd)
   try:
     yield tmp
+    # mkstemp/mkdtemp create owner-only files; give the result the usual umask-based mode so that
+    # other users and services (a cluster's data readers) can read it.
+    umask = os.umask(0)
+    os.umask(umask)
+    if os.path.exists(tmp):
+      os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask)
     if is_dir and os.path.isdir(path):
       shutil.rmtree(path)
     os.replace(tmp, path)

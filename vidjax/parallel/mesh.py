@@ -92,6 +92,11 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
   """
   if jax.distributed.is_initialized():
     return True
+  # JAX reads the coordinator from JAX_COORDINATOR_ADDRESS but not the process count and id; our
+  # local launcher (launch/local.py) passes them as VIDJAX_NUM_PROCESSES / VIDJAX_PROCESS_ID.
+  from_env = lambda name: int(os.environ[name]) if name in os.environ else None
+  num_processes = num_processes if num_processes is not None else from_env("VIDJAX_NUM_PROCESSES")
+  process_id = process_id if process_id is not None else from_env("VIDJAX_PROCESS_ID")
   explicit = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
   explicit = {name: value for name, value in explicit.items() if value is not None}
   detected = any(name in os.environ and test(os.environ[name]) for name, test in _CLUSTER_ENV.items())

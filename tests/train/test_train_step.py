@@ -1,0 +1,106 @@
+"""The pure train step: sharded equals single-device, Make-Your-Video's frozen spatial layers, surgery."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tiny_config
+from vidjax import toyworld
+from vidjax.convert import common
+from vidjax.parallel import make_mesh, unbox
+from vidjax.parallel import sharding as sharding_lib
+from vidjax.train import loop, surgery
+from vidjax.train import state as state_lib
+from vidjax.train.step import make_train_step
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("tokenizer")
+  toyworld.save_tokenizer(folder)
+  return str(folder)
+
+
+def _setup(tokenizer_dir, **overrides):
+  config = tiny_config.tiny_config(**{"data.tokenizer_dir": tokenizer_dir, **overrides})
+  model = loop.build_model(config)
+  rng = jax.random.key(0)
+  labels = state_lib.trainable_labels(jax.eval_shape(model.init, rng), config.train.trainable)
+  tx = state_lib.make_optimizer(config.train, labels)
+  components = state_lib.ema_components(labels)
+  step = make_train_step(model, tx, labels, config.train)
+  return config, model, labels, tx, components, step
+
+
+def _batch(model, batch=8, frames=4, size=16, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"frames": rng.uniform(-1, 1, (batch, frames, size, size, 3)).astype(np.float32),
+          "depth": rng.uniform(-1, 1, (batch, frames, size, size, 1)).astype(np.float32),
+          "structure_fidelity": np.zeros((batch,), np.int32),
+          "tokens": np.asarray(np.broadcast_to(np.asarray(model.config.null_tokens), (batch, 16))) + (
+              rng.integers(0, 3, (batch, 16)) * (np.arange(16) == 1))}
+
+
+def _run_on(mesh, setup, batch):
+  config, model, labels, tx, components, step = setup
+  state, shardings = state_lib.sharded_state(model.init, tx, components, jax.random.key(0), mesh, config.mesh.rules)
+  fn = jax.jit(step, in_shardings=(shardings, sharding_lib.batch_sharding(mesh)), out_shardings=(shardings, None),
+               donate_argnums=0, static_argnums=2)
+  initial = jax.device_get(state.params)  # the step donates the state
+  with sharding_lib.activation_sharding(mesh, config.mesh.rules):
+    new_state, metrics = fn(state, sharding_lib.global_batch(batch, mesh), False)
+  return initial, new_state, metrics
+
+
+def test_sharded_step_equals_single_device_and_really_shards(tokenizer_dir):
+  # Some params have gradients at rounding-noise level (~1e-11: biases of zero-initialised temporal
+  # projections, whose per-channel constant the next GroupNorm removes). Adam's g / (|g| + eps) turns
+  # that noise, which differs with the reduction order on 8 devices, into different updates; a
+  # larger eps keeps such updates linear in g, so the comparison tests sharding, not Adam.
+  setup = _setup(tokenizer_dir, **{"train.eps": 1e-3})
+  batch = _batch(setup[1])
+  _, sharded, metrics8 = _run_on(make_mesh({"data": 4, "fsdp": 2}), setup, batch)
+  _, single, metrics1 = _run_on(make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1]), setup, batch)
+  np.testing.assert_allclose(float(metrics8["loss"]), float(metrics1["loss"]), rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(sharded.params), jax.tree_util.tree_leaves(single.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  specs = [str(x.sharding.spec) for x in jax.tree_util.tree_leaves((sharded.params, sharded.opt_state))
+           if hasattr(x, "sharding") and x.ndim]
+  fsdp = [s for s in specs if "fsdp" in s]
+  assert len(fsdp) > 50, specs[:10]
+  kernel = sharded.params["unet"]["conv_in"]["kernel"]  # (3, 3, 5, 8): out channels over fsdp
+  assert {s.data.shape for s in kernel.addressable_shards} == {(3, 3, 5, 4)}
+
+
+def test_make_your_video_recipe_changes_only_temporal_params(tokenizer_dir):
+  setup = _setup(tokenizer_dir, **{"train.trainable": ("unet/.*temporal_.*",)})
+  initial, state, _ = _run_on(make_mesh({"data": 1}, jax.devices()[:1]), setup, _batch(setup[1]))
+  flat_before, flat_after = common.flatten(initial), common.flatten(jax.device_get(state.params))
+  temporal = [p for p in flat_after if any(part.startswith("temporal_") for part in p)]
+  spatial = [p for p in flat_after if p not in temporal]
+  assert temporal and spatial
+  assert all(np.array_equal(flat_before[p], flat_after[p]) for p in spatial)
+  assert any(not np.array_equal(flat_before[p], flat_after[p]) for p in temporal)
+
+
+def test_surgery_adding_temporal_layers_and_input_channels_keeps_outputs(tokenizer_dir):
+  config, model, *_ = _setup(tokenizer_dir)
+  image_config = tiny_config.tiny_config(**{"data.tokenizer_dir": tokenizer_dir})
+  image_config.model.unet.update(temporal_conv="none", temporal_attention=False, in_channels=4)
+  image_config.model.structure = "none"
+  image_model = loop.build_model(image_config)
+  image_params = jax.tree_util.tree_map(lambda x: x + 0.01, unbox(
+      jax.jit(image_model.init)(jax.random.key(1))))
+  latents = jax.random.normal(jax.random.key(2), (2, 4, 8, 8, 4))
+  t, context = jnp.array([10, 700]), jax.random.normal(jax.random.key(3), (2, 16, 16))
+  reference = image_model.unet.apply({"params": image_params["unet"]}, latents, t, context, image_mode=True)
+
+  video_params = unbox(jax.jit(model.init)(jax.random.key(4)))
+  merged, report = surgery.merge_params(video_params["unet"], surgery.widen_input_channels(image_params["unet"], 5))
+  assert report.kept_init and all("temporal_" in p for p in report.kept_init) and not report.unused
+  depth = jax.random.normal(jax.random.key(5), (2, 4, 8, 8, 1))  # any values: the new input weights are zero
+  out = model.unet.apply({"params": merged}, latents, t, context, depth)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(reference), atol=1e-5)

@@ -1,0 +1,38 @@
+"""A tiny training config for the trainer's tests: small shards, models and steps."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import toy
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  config = toy.get_config()
+  config.data.build.update(num_examples=16, num_frames=4, stride=1, size=16, examples_per_shard=8, num_workers=1)
+  config.data.batch_size = 8
+  config.data.image_fraction = 0.0
+  config.data.prefetch_batches = 0
+  config.model.vae.update(block_out_channels=(8, 8), norm_num_groups=4)
+  config.model.text_encoder.update(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1)
+  config.model.unet = toy.base.unet_fields(
+      in_channels=5, block_out_channels=(8, 16), layers_per_block=1, attention_levels=(True, True),
+      num_attention_heads=(2, 2), cross_attention_dim=16, norm_num_groups=4, temporal_conv="conv1d",
+      temporal_attention=True, temporal_relative_position=4, temporal_causal=True)
+  config.vae_stage.num_steps = 0
+  config.final_edit.enabled = False
+  config.train.update(num_steps=6, warmup_steps=2, lr=1e-3)
+  config.checkpoint.update(every_steps=2, keep=10, async_save=False)
+  config.log.update(every_steps=2, sample_every_steps=0)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """For subprocess runs: `vidjax train --config tests/train/tiny_config.py`."""
+  return tiny_config()

@@ -1,0 +1,208 @@
+"""`train_and_evaluate(config, workdir)`: the training loop around the jitted step.
+
+Relaunching with the same workdir resumes from the newest finished checkpoint (params, optimizer,
+EMA, step, RNG and the data iterator), so a killed job loses at most `checkpoint.every_steps` steps
+and then continues on exactly the batches it would have seen. SIGTERM (preemption) saves and exits
+0. `init_from` loads weights only. Only process 0 writes logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vidjax.data.loader import Loader, tokenize
+from vidjax.errors import ConfigError
+from vidjax.models import flops
+from vidjax.models.clip import CLIPTextConfig
+from vidjax.models.unet import UNetConfig
+from vidjax.models.vae import VAEConfig
+from vidjax.models.video_model import ModelConfig, VideoDiffusionModel
+from vidjax.parallel import mesh as mesh_lib
+from vidjax.pipelines.generate import generate
+from vidjax.parallel import sharding as sharding_lib
+from vidjax.train import state as state_lib
+from vidjax.train import surgery
+from vidjax.train.checkpoint import Checkpointer, load_params
+from vidjax.train.logging import MetricWriter, ProgressLine, model_flops_utilization
+from vidjax.train.step import make_train_step
+
+
+def _tuples(d: ml_collections.ConfigDict) -> dict[str, Any]:
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in d.to_dict().items()}
+
+
+def build_model(config: ml_collections.ConfigDict) -> VideoDiffusionModel:
+  """The VideoDiffusionModel a config describes (null tokens from the data's tokenizer)."""
+  m = config.model
+  text, null_tokens = None, ()
+  if m.content == "text":
+    text = CLIPTextConfig(**_tuples(m.text_encoder))
+    null_tokens = tuple(int(i) for i in tokenize([""], config.data.tokenizer_dir, config.data.max_caption_tokens)[0])
+  return VideoDiffusionModel(ModelConfig(
+      unet=UNetConfig(**_tuples(m.unet)), vae=VAEConfig(**_tuples(m.vae)), text_encoder=text,
+      structure=m.structure, content=m.content, null_tokens=null_tokens, prediction_type=m.prediction_type,
+      beta_schedule=m.beta_schedule))
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+    signal.signal(signal.SIGTERM, lambda *_: setattr(self, "requested", True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains to config.train.num_steps (or until preempted); returns the final smoothed metrics."""
+  mesh_lib.maybe_initialize_distributed()
+  devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
+  mesh = mesh_lib.make_mesh(config.mesh.shape.to_dict(), devices)
+  rules = tuple(config.mesh.rules)
+  model = build_model(config)
+  rng = jax.random.key(config.seed)
+  abstract_params = jax.eval_shape(model.init, rng)
+  labels = state_lib.trainable_labels(abstract_params, config.train.trainable)
+  tx = state_lib.make_optimizer(config.train, labels)
+  components = state_lib.ema_components(labels)
+  create = lambda key: state_lib.create_state(model.init, tx, components, key)
+  abstract_state = jax.eval_shape(create, rng)
+  shardings = state_lib.state_shardings(abstract_state, mesh, rules)
+
+  loader = Loader(config.data)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                              async_save=config.checkpoint.async_save)
+  if checkpointer.latest_step() is not None:
+    target = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                    sharding_lib.unbox(abstract_state), shardings)
+    state, data_state, _ = checkpointer.restore(target)
+    loader.set_state(data_state)
+    print(f"resumed from step {int(state.step)} in {workdir}")
+  else:
+    state = jax.jit(lambda key: sharding_lib.unbox(create(key)), out_shardings=shardings)(rng)
+    if config.init_from:
+      params = _init_from(config.init_from, state.params, shardings.params)
+      ema = {k: jax.tree_util.tree_map(jnp.copy, params[k]) for k in state.ema_params}  # own buffers: both are donated
+      state = state.replace(params=params, ema_params=ema)
+
+  step_fn = jax.jit(make_train_step(model, tx, labels, config.train),
+                    in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
+                    out_shardings=(shardings, None), donate_argnums=0, static_argnums=2)
+  step = int(state.step)
+  monitor = _Monitor(config, model, workdir, step)
+  preemption = _Preemption()
+  config_json = json.loads(config.to_json_best_effort())
+  save = lambda force=False: checkpointer.save(step, state, data_state=loader.get_state(), config=config_json,
+                                               force=force)
+  with sharding_lib.activation_sharding(mesh, rules):
+    while step < config.train.num_steps and not preemption.requested:
+      local = next(loader)
+      image_mode = bool(local.pop("is_image"))
+      state, metrics = step_fn(state, sharding_lib.global_batch(local, mesh), image_mode)
+      if config.log.data_trace:
+        _trace_batch(workdir, step, local)
+      monitor.after_dispatch(step, metrics, local, image_mode, checkpointer)  # reads the previous step
+      step += 1
+      if config.log.sample_every_steps and step % config.log.sample_every_steps == 0 and monitor.sample_conditioning:
+        monitor.writer.video(step, "samples/ema", _sample(model, state, monitor.sample_conditioning, config, step)[0])
+      if step % config.checkpoint.every_steps == 0 or step == config.train.num_steps:
+        monitor.flush(checkpointer)
+        save()
+    monitor.flush(checkpointer)
+    if preemption.requested:
+      save(force=True)
+      print(f"preempted: saved step {step} in {workdir}")
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  monitor.writer.close()
+  loader.close()
+  return {"step": step, "first_smoothed_loss": monitor.progress.first_smoothed,
+          "last_smoothed_loss": monitor.progress.last_smoothed}
+
+
+class _Monitor:
+  """Reads each step's metrics one step late (the device keeps working), checks them, logs them."""
+
+  def __init__(self, config, model, workdir, start_step):
+    self.config, self.model = config, model
+    data = config.data
+    self.writer = MetricWriter(os.path.join(workdir, "logs"))
+    self.progress = ProgressLine(config.train.num_steps, clips_per_step=data.batch_size * jax.process_count(),
+                                 frames_per_clip=config.data.get("build", {}).get("num_frames", 1),
+                                 every=config.log.every_steps, start_step=start_step)
+    self.schedule = state_lib.learning_rate_schedule(config.train)
+    self.pending = None
+    self.sample_conditioning = None
+    self.window_start, self.window_flops = time.perf_counter(), 0.0
+
+  def after_dispatch(self, step, metrics, local, image_mode, checkpointer):
+    if self.sample_conditioning is None and not image_mode:
+      self.sample_conditioning = {k: local[k][:1] for k in ("depth", "tokens", "image_embeds") if k in local}
+    self.flush(checkpointer)
+    self.pending = (step, metrics, _batch_shape(local), image_mode)
+
+  def flush(self, checkpointer):
+    """Handles the pending step's metrics (blocks until that step is done)."""
+    if self.pending is None:
+      return
+    step, metrics, (clips, frames, height, width, context), image_mode = self.pending
+    self.pending = None
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if self.config.train.nonfinite == "stop" and not values["finite"]:
+      checkpointer.wait_until_finished()
+      raise ConfigError(f"training step {step + 1}", "the loss or the gradient is not finite (NaN or inf)",
+                        f"the last good checkpoint (step {checkpointer.latest_step()}) is intact; lower "
+                        "train.lr, check the data, or set train.nonfinite='skip'")
+    factor = self.model.config.vae.downsample_factor
+    self.window_flops += flops.unet_train_flops(self.model.config.unet, batch=clips, frames=frames,
+                                                height=height // factor, width=width // factor,
+                                                context_length=context, image_mode=image_mode)
+    self.progress.update(step + 1, values, clips=clips, frames=clips * frames)
+    if (step + 1) % self.config.log.every_steps == 0 or step + 1 == self.config.train.num_steps:
+      now = time.perf_counter()
+      values["learning_rate"] = float(self.schedule(step // self.config.train.grad_accum_steps))
+      if self.config.log.peak_tflops_per_device:
+        values.update(model_flops_utilization(self.window_flops, now - self.window_start,
+                                              self.config.log.peak_tflops_per_device * 1e12, jax.device_count()))
+      else:
+        values["model_tflops"] = self.window_flops / (now - self.window_start) / 1e12
+      self.writer.scalars(step + 1, values)
+      self.window_start, self.window_flops = now, 0.0
+
+
+def _trace_batch(workdir: str, step: int, local) -> None:
+  """Appends this process's batch fingerprint for `step` (a resumed run re-appends the steps it redoes)."""
+  digest = hashlib.sha256(b"".join(np.ascontiguousarray(local[k]).tobytes() for k in sorted(local))).hexdigest()
+  with open(os.path.join(workdir, f"data_trace.process{jax.process_index()}.jsonl"), "a") as f:
+    f.write(json.dumps({"step": step, "sha256": digest[:16]}) + "\n")
+
+
+def _batch_shape(local) -> tuple[int, int, int, int, int]:
+  """(global clips, frames per clip, frame height, frame width, context length) of a local batch."""
+  video = local["frames"] if "frames" in local else local["latents"]
+  context = local["tokens"].shape[1] if "tokens" in local else 1
+  return video.shape[0] * jax.process_count(), video.shape[1], video.shape[2], video.shape[3], context
+
+
+def _init_from(path: str, params: dict[str, Any], shardings: Any) -> dict[str, Any]:
+  """Weights only: from a training workdir's latest checkpoint, merged by path (new layers keep their init)."""
+  source = load_params(os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path)
+  merged, report = surgery.merge_params(jax.device_get(params), source)
+  print(f"init_from {path}: {report}")
+  return jax.device_put(merged, shardings)
+
+
+def _sample(model, state, conditioning, config, step) -> np.ndarray:
+  """A video from the EMA params on fixed conditioning (the run's first video clip): uint8 (1, T, H, W, 3)."""
+  params = {**state.params, **state.ema_params}
+  return generate(model, params, jnp.asarray(conditioning["depth"]), seed=step, steps=config.log.sample_steps,
+                  **{k: jnp.asarray(v) for k, v in conditioning.items() if k != "depth"})

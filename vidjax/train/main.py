@@ -1,0 +1,66 @@
+"""`vidjax train --config configs/<experiment>.py --workdir <dir> [--config.train.lr=...]`.
+
+Runs, in order, what the config asks for:
+  1. `data.build` (source 'toy'): build the toy shards and tokenizer into the workdir if missing;
+  2. `vae_stage.num_steps > 0`: train the VAE first (then the main stage starts from it);
+  3. the main stage, `train_and_evaluate`;
+  4. `final_edit.enabled`: edit a held-out toy clip (its depth, a new caption) into `<workdir>/edit.mp4`.
+Relaunching with the same workdir resumes wherever the job stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import flags
+from ml_collections import config_flags
+
+from vidjax.errors import ConfigError
+
+_FLAGS = flags.FlagValues()
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", flag_values=_FLAGS,
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and samples go", flag_values=_FLAGS)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if any(a in ("-h", "--help") for a in argv):
+    print(__doc__)
+    return 0
+  try:
+    _FLAGS(["vidjax train"] + argv)
+  except flags.Error as e:
+    raise ConfigError("vidjax train arguments", str(e), "pass --config configs/<experiment>.py --workdir <dir>") from e
+  flags.FLAGS.mark_as_parsed()  # Grain worker processes read absl flags
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise ConfigError("vidjax train", "--config and --workdir are required", "e.g. --config configs/toy.py --workdir runs/toy")
+  return run(_CONFIG.value, _WORKDIR.value)
+
+
+def run(config, workdir: str) -> int:
+  import jax
+
+  from vidjax.train import loop, toy  # heavy imports after argument checks
+
+  # A relaunched (resumed) job compiles the same programs again: keep them on disk.
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "vidjax", "jax"))
+
+  start = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  if config.data.get("build") and config.data.build.source:
+    toy.ensure_data(config, workdir)
+  if config.get("vae_stage") and config.vae_stage.num_steps > 0:
+    model = loop.build_model(config)
+    config.init_from = config.init_from or toy.train_vae_stage(config, model, workdir)
+  summary = loop.train_and_evaluate(config, workdir)
+  if config.get("final_edit") and config.final_edit.enabled and summary["step"] >= config.train.num_steps:
+    toy.final_edit(config, workdir)
+  losses = ("n/a (no steps run)" if summary["first_smoothed_loss"] is None else
+            f"{summary['first_smoothed_loss']:.6f} (first) -> {summary['last_smoothed_loss']:.6f} (last)")
+  print(f"process {jax.process_index()}/{jax.process_count()}: done in {time.perf_counter() - start:.0f} s, "
+        f"step {summary['step']}: smoothed loss {losses}")
+  return 0

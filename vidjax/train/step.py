@@ -1,0 +1,79 @@
+"""The pure training step: (state, batch) -> (state, metrics), jitted once per batch shape.
+
+One step of the one diffusion loss on a batch from the loader:
+  latents   cached latents, or the frozen VAE's posterior sample of the frames;
+  structure the model's structure channels from the (t_s-blurred) depth, zeroed per sample with
+            probability `structure_dropout`;
+  content   caption tokens through the text encoder (or CLIP image embeddings), replaced per sample
+            by the unconditional content with probability `content_dropout` (what CFG needs);
+  image batches (T = 1, `image_mode`) skip the temporal layers: Gen-1's joint image-video training.
+Randomness comes from fold_in(state.rng, step), so a resumed run draws the same numbers. A
+non-finite loss or gradient either leaves the state unchanged (`nonfinite='skip'`) or is reported
+in the metrics for the loop to stop on (`'stop'`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from vidjax import diffusion
+from vidjax.models.video_model import VideoDiffusionModel
+from vidjax.train.state import TrainState
+
+Batch = Mapping[str, jax.Array]
+
+
+def make_train_step(model: VideoDiffusionModel, tx: optax.GradientTransformation, labels: Any,
+                    config: ml_collections.ConfigDict) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+  """Returns train_step(state, batch, image_mode: bool) -> (state, metrics); see the module docstring."""
+  train_mask = jax.tree_util.tree_map(lambda label: label == "train", labels)
+
+  def conditioning(params, batch, rng):
+    """Latents, structure and (possibly dropped-out) content inputs; no gradient flows into them."""
+    latent_key, drop_content_key, drop_structure_key = jax.random.split(rng, 3)
+    frozen = jax.lax.stop_gradient(params)
+    latents = batch["latents"] if "latents" in batch else model.encode_frames(frozen, batch["frames"], latent_key)
+    b = latents.shape[0]
+    structure = model.encode_structure(frozen, batch["depth"], batch["structure_fidelity"], latents.shape[2:4])
+    if structure is not None:
+      keep = jax.random.uniform(drop_structure_key, (b,)) >= config.structure_dropout
+      structure = structure * keep[:, None, None, None, None].astype(structure.dtype)
+    drop = jax.random.uniform(drop_content_key, (b,)) < config.content_dropout
+    if model.config.content == "text":
+      content = {"tokens": jnp.where(drop[:, None], model.null_tokens(b), batch["tokens"])}
+    else:
+      content = {"image_embeds": jnp.where(drop[:, None], 0.0, batch["image_embeds"])}
+    return latents, structure, content
+
+  def train_step(state: TrainState, batch: Batch, image_mode: bool = False):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    cond_key, loss_key = jax.random.split(rng)
+    latents, structure, content = conditioning(state.params, batch, cond_key)
+
+    def loss_fn(params):
+      context = model.encode_content(params, **content)
+      predict = lambda z_t, t: model.unet.apply({"params": params["unet"]}, z_t, t, context, structure,
+                                                image_mode=image_mode)
+      return diffusion.diffusion_loss(predict, latents, loss_key, model.schedule,
+                                      prediction_type=model.config.prediction_type,
+                                      min_snr_gamma=config.min_snr_gamma or None)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(jax.tree_util.tree_map(lambda g, m: g if m else jnp.zeros_like(g), grads, train_mask))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = {k: jax.tree_util.tree_map(lambda e, p: config.ema_decay * e + (1 - config.ema_decay) * p,
+                                     state.ema_params[k], params[k]) for k in state.ema_params}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if config.nonfinite == "skip":  # keep the old state, but count the step so the data moves on
+      new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), new_state,
+                                         state.replace(step=state.step + 1))
+    return new_state, dict(metrics, grad_norm=grad_norm, finite=finite)
+
+  return train_step

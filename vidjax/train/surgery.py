@@ -1,0 +1,72 @@
+"""Param surgery for staged training (Gen-1's four stages, Make-Your-Video's SD-2-depth start).
+
+Each operation keeps the model's outputs where the paper needs them kept:
+  merge_params          copy every param the source has (same path, same shape) into a fresh
+                        target; the rest keep their init. Adding temporal layers to an image
+                        checkpoint is this merge: temporal output projections start at zero, so
+                        the video model equals the image model frame by frame.
+  widen_input_channels  more UNet input channels (new structure channels) with zero weights:
+                        outputs are unchanged until training moves them.
+  change_context_width  a new content width (CLIP text -> image embeddings, Gen-1 stage 1):
+                        cross-attention key/value projections are re-initialised for the new width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from vidjax.convert import common
+from vidjax.errors import ConfigError
+
+
+@dataclasses.dataclass
+class MergeReport:
+  copied: int
+  kept_init: list[str]  # target paths the source lacks
+  unused: list[str]  # source paths the target lacks
+
+  def __str__(self) -> str:
+    return f"copied {self.copied} tensors, {len(self.kept_init)} kept their init, {len(self.unused)} source tensors unused"
+
+
+def merge_params(target: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[dict[str, Any], MergeReport]:
+  """Target's tree with every same-path source param copied in; a shape mismatch is an error."""
+  target_flat, source_flat = common.flatten(target), common.flatten(source)
+  mismatched = [f"{'/'.join(p)}: {np.shape(source_flat[p])} vs {np.shape(v)}" for p, v in target_flat.items()
+                if p in source_flat and np.shape(source_flat[p]) != np.shape(v)]
+  if mismatched:
+    raise ConfigError("init_from params", "shapes differ from the model's: " + "; ".join(mismatched[:10]),
+                      "use surgery (widen_input_channels, change_context_width) or a matching config")
+  merged = {p: source_flat.get(p, v) for p, v in target_flat.items()}
+  report = MergeReport(copied=sum(p in source_flat for p in target_flat),
+                       kept_init=["/".join(p) for p in target_flat if p not in source_flat],
+                       unused=["/".join(p) for p in source_flat if p not in target_flat])
+  return common.unflatten(merged), report
+
+
+def widen_input_channels(unet_params: Mapping[str, Any], in_channels: int) -> dict[str, Any]:
+  """UNet params taking `in_channels` inputs; the added input channels get zero weights."""
+  kernel = np.asarray(unet_params["conv_in"]["kernel"])  # (3, 3, in, out)
+  extra = in_channels - kernel.shape[2]
+  if extra < 0:
+    raise ConfigError("in_channels", f"{in_channels} is fewer than the model's {kernel.shape[2]}",
+                      "surgery only adds input channels")
+  widened = np.concatenate([kernel, np.zeros(kernel.shape[:2] + (extra, kernel.shape[3]), kernel.dtype)], axis=2)
+  return {**unet_params, "conv_in": {**unet_params["conv_in"], "kernel": widened}}
+
+
+def change_context_width(unet_params: Mapping[str, Any], context_dim: int, rng: jax.Array,
+                         scale: float = 0.02) -> dict[str, Any]:
+  """Re-initialises every cross-attention (attn2) to_k / to_v kernel for `context_dim` inputs."""
+  flat = common.flatten(unet_params)
+  keys = iter(jax.random.split(rng, len(flat)))
+  out = {}
+  for path, value in flat.items():
+    if len(path) >= 3 and path[-3] == "attn2" and path[-2] in ("to_k", "to_v") and "temporal" not in "/".join(path):
+      value = np.asarray(jax.random.normal(next(keys), (context_dim, np.shape(value)[1]))) * scale
+    out[path] = value
+  return common.unflatten(out)

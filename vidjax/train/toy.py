@@ -1,0 +1,89 @@
+"""The toy world's part of the main job: data on the fly, the VAE stage, and the final edit.
+
+Everything here is driven by `configs/toy.py` and runs on a fresh machine with nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import ml_collections
+
+from data_pipelines import build_shards
+from vidjax import toyworld
+from vidjax.data import video_io
+from vidjax.data.loader import Loader, tokenize
+from vidjax.errors import EXIT_OK, ConfigError, atomic_path
+from vidjax.models.video_model import VideoDiffusionModel
+from vidjax.pipelines.generate import generate
+from vidjax.train import vae_stage
+from vidjax.train.checkpoint import load_params
+
+
+def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Builds the toy shards and tokenizer under `workdir` unless they are complete; points config.data at them."""
+  build = config.data.build
+  data_dir, tokenizer_dir = os.path.join(workdir, "data"), os.path.join(workdir, "tokenizer")
+  if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
+    toyworld.save_tokenizer(tokenizer_dir)
+  if not os.path.exists(os.path.join(data_dir, "manifest.json")):
+    status = build_shards.main([
+        "--source", build.source, "--num_examples", str(build.num_examples), "--seed", str(build.seed),
+        "--num_frames", str(build.num_frames), "--stride", str(build.stride), "--height", str(build.size),
+        "--width", str(build.size), "--depth", "toy", "--examples_per_shard", str(build.examples_per_shard),
+        "--num_workers", str(build.num_workers), "--output_dir", data_dir])
+    if status != EXIT_OK:
+      raise ConfigError(data_dir, f"building the toy shards exited {status}", "see the messages above")
+  config.data.data_dir, config.data.tokenizer_dir = data_dir, tokenizer_dir
+
+
+def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionModel, workdir: str) -> str:
+  """Trains the VAE first and sets its scaling factor; returns the directory `init_from` reads it from.
+
+  The scaling factor makes the latents unit-variance (latent diffusion's scale_by_std): 1 / std of
+  the posterior means of `vae_stage.scale_batches` batches, measured once and kept in a JSON file so
+  a resumed run uses the same value.
+  """
+  directory = vae_stage.train_vae(config, model.vae, workdir)
+  path = os.path.join(workdir, "vae_stage", "scaling_factor.json")
+  if not os.path.exists(path):
+    params = load_params(directory)
+    loader_config = config.data.copy_and_resolve_references()
+    loader_config.image_fraction = 0.0
+    loader = Loader(loader_config)
+    means = [model.encode_frames(params, next(loader)["frames"]) for _ in range(config.vae_stage.scale_batches)]
+    loader.close()
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+      json.dump({"scaling_factor": float(1.0 / jnp.std(jnp.stack(means)))}, f)
+  with open(path) as f:
+    config.model.vae.scaling_factor = json.load(f)["scaling_factor"]
+  print(f"VAE stage done: scaling factor {config.model.vae.scaling_factor:.4f}")
+  return directory
+
+
+def final_edit(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Edits a held-out toy clip: its depth, a caption with new colours; writes `<workdir>/edit.mp4`."""
+  from vidjax.train.loop import build_model  # the loop imports this module
+
+  model = build_model(config)
+  edit = config.final_edit
+  params = load_params(os.path.join(workdir, "checkpoints"), use_ema=True)
+  seed = config.data.build.seed + config.data.build.num_examples + edit.held_out_offset
+  scene = toyworld.sample_scene(seed)
+  names = sorted(toyworld.COLOURS)
+  colours = [names[(names.index(o.colour) + 3) % len(names)] for o in scene.objects]
+  caption = toyworld.caption_for(toyworld.recolour(scene, colours))
+  clip = toyworld.render_clip(seed, num_frames=config.data.build.num_frames, height=config.data.build.size,
+                              width=config.data.build.size, stride=config.data.build.stride)
+  tokens = tokenize([caption], config.data.tokenizer_dir, config.data.max_caption_tokens)
+  depth = jnp.asarray(clip.disparity, jnp.float32)[None, ..., None] * 2.0 - 1.0
+  frames = generate(model, params, depth, tokens=jnp.asarray(tokens), seed=seed, steps=edit.steps,
+                    guidance_scale=edit.guidance_scale, temporal_scale=edit.temporal_scale)[0]
+  out = os.path.join(workdir, "edit.mp4")
+  grid = video_io.make_grid([clip.rgb, video_io.depth_to_rgb(clip.disparity), frames],
+                            ["input", "depth", f"edit: {caption}"])
+  video_io.write_video(out, grid, fps=8)
+  print(f"final edit: {clip.caption!r} -> {caption!r}, written to {out}")
+  return out

@@ -1,0 +1,78 @@
+"""A first stage that trains the VAE on the training frames (the toy world has no pretrained VAE).
+
+Loss: L1 reconstruction + `kl_weight` * KL(q(z|x) || N(0, I)), the autoencoder objective of latent
+diffusion without its perceptual and adversarial terms (enough for the toy world's flat shading).
+It uses the trainer's state, optimizer and checkpoints, so it resumes like the main stage; its
+params land in `<workdir>/vae_stage/checkpoints`, which the main stage loads through `init_from`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vidjax.data.loader import Loader
+from vidjax.models.vae import AutoencoderKL
+from vidjax.parallel.sharding import unbox
+from vidjax.train import state as state_lib
+from vidjax.train.checkpoint import Checkpointer
+from vidjax.train.logging import ProgressLine
+
+
+def vae_loss(vae: AutoencoderKL, params, frames: jax.Array, rng: jax.Array, kl_weight: float):
+  """frames (N, H, W, 3) in [-1, 1] -> (loss, metrics)."""
+  mean, logvar = vae.apply({"params": params}, frames, method=AutoencoderKL.encode)
+  z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
+  recon = vae.apply({"params": params}, z, method=AutoencoderKL.decode)
+  l1 = jnp.mean(jnp.abs(recon - frames))
+  kl = 0.5 * jnp.mean(jnp.sum(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=-1))
+  return l1 + kl_weight * kl, {"loss": l1 + kl_weight * kl, "l1": l1, "kl": kl}
+
+
+def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: str) -> str:
+  """Trains `vae` for config.vae_stage.num_steps on frames from config.data; returns its checkpoint dir."""
+  stage = config.vae_stage
+  directory = os.path.join(workdir, "vae_stage", "checkpoints")
+  data = config.data.copy_and_resolve_references()
+  data.image_fraction, data.use_latents, data.batch_size = 0.0, False, stage.batch_size
+  train = ml_collections.ConfigDict(dict(config.train.to_dict(), lr=stage.lr, warmup_steps=stage.warmup_steps,
+                                         num_steps=stage.num_steps, lr_schedule="constant", grad_accum_steps=1))
+  init = lambda key: {"vae": vae.init(key, jnp.zeros((1, 16, 16, 3)))["params"]}
+  labels = state_lib.trainable_labels(jax.eval_shape(init, jax.random.key(0)), ("vae/.*",))
+  tx = state_lib.make_optimizer(train, labels)
+
+  @jax.jit
+  def step_fn(state, frames):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    grad_fn = jax.value_and_grad(lambda p: vae_loss(vae, p["vae"], frames, rng, stage.kl_weight), has_aux=True)
+    (_, metrics), grads = grad_fn(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=params), metrics
+
+  checkpointer = Checkpointer(directory, keep=1, async_save=False)
+  loader = Loader(data)
+  create = lambda key: state_lib.create_state(init, tx, ("vae",), key)
+  if checkpointer.latest_step() is not None:
+    abstract = jax.eval_shape(lambda key: unbox(create(key)), jax.random.key(0))
+    state, data_state, _ = checkpointer.restore(abstract)
+    loader.set_state(data_state)
+  else:
+    state = jax.jit(lambda key: unbox(create(key)))(jax.random.key(config.seed + 1))
+  print(f"VAE stage: {stage.num_steps} steps on single frames")
+  progress = ProgressLine(stage.num_steps, clips_per_step=data.batch_size * config.data.build.num_frames,
+                          frames_per_clip=1, every=config.log.every_steps, start_step=int(state.step))
+  while int(state.step) < stage.num_steps:
+    batch = next(loader)
+    frames = batch["frames"].reshape((-1,) + batch["frames"].shape[2:])
+    state, metrics = step_fn(state, frames)
+    progress.update(int(state.step), {k: float(v) for k, v in metrics.items()})
+    if int(state.step) % config.checkpoint.every_steps == 0 or int(state.step) == stage.num_steps:
+      checkpointer.save(int(state.step), state, data_state=loader.get_state(), config=config.to_dict())
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  loader.close()
+  return directory
