@@ -16,8 +16,6 @@ from vidjax.errors import EXIT_ERROR, VidjaxError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vidjax.train.main", "train a model from a config file (resumes in the same workdir)"),
     "convert": ("vidjax.convert.cli", "convert diffusers / HF / Make-Your-Video checkpoints to vidjax"),
-    "sample": ("vidjax.pipelines.random_demo",
-               "sample a toy-world video through the whole model stack (tiny random model until `train` exists)"),
     "build-shards": ("data_pipelines.build_shards",
                      "build ArrayRecord video shards (toy world, a video folder with captions, or TFDS)"),
 }
