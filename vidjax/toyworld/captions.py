@@ -1,6 +1,7 @@
 """The caption grammar of the toy world.
 
-  caption  := objects " on a " FLOOR " floor " time     (no objects: "an empty " FLOOR " floor " time)
+  caption  := objects " on a " FLOOR " floor " time
+            | "an empty " FLOOR " floor " time           (a scene without objects)
   objects  := object | object " and " object | object ", " object " and " object
   object   := ARTICLE " " COLOUR " " SHAPE             ("an" before a vowel, else "a")
   time     := "during the day" | "at sunset" | "at night" | "at dawn"

@@ -46,13 +46,15 @@ def render_clip(seed: int, num_frames: int = 8, height: int = 64, width: int = 6
     seed: draws the scene with `sample_scene(seed)`; the same seed gives identical arrays.
     num_frames, height, width: output size T, H, W.
     stride: time steps between frames, like reading a video at a frame stride.
-    scene: render this description instead (e.g. `recolour(sample_scene(seed), ...)`).
+    scene: render this description instead (e.g. `recolour(sample_scene(seed), ...)`); the
+      clip's `seed` is then `scene.seed`.
   """
   for name, value in (("num_frames", num_frames), ("height", height), ("width", width),
                       ("stride", stride)):
     if int(value) != value or value < 1:
       raise InputError(name, f"must be a positive integer, got {value!r}", f"pass {name} >= 1")
   scene = scene_lib.sample_scene(seed) if scene is None else scene
+  scene_lib.check_scene(scene)
   steps = np.arange(num_frames) * stride
   frames = render.render_scene(scene, steps, height, width)
   object_ids = np.arange(1, len(scene.objects) + 1, dtype=np.int8)
@@ -66,7 +68,7 @@ def render_clip(seed: int, num_frames: int = 8, height: int = 64, width: int = 6
       objects=tuple({"shape": o.shape, "colour": o.colour} for o in scene.objects),
       floor=scene.floor,
       time_of_day=scene.time_of_day,
-      seed=int(seed),
+      seed=scene.seed,
   )
 
 

@@ -28,11 +28,15 @@ class _Sky(NamedTuple):
   ambient: tuple[float, float, float]
 
 
-_SKIES = {
-    "day": _Sky((0.75, 0.85, 0.95), (0.25, 0.50, 0.90), 60, (0.80, 0.80, 0.75), (0.35, 0.37, 0.40)),
-    "sunset": _Sky((1.00, 0.55, 0.25), (0.35, 0.20, 0.45), 12, (0.95, 0.55, 0.30), (0.25, 0.20, 0.25)),
-    "night": _Sky((0.08, 0.10, 0.20), (0.01, 0.01, 0.05), 40, (0.35, 0.40, 0.60), (0.10, 0.11, 0.16)),
-    "dawn": _Sky((0.95, 0.70, 0.70), (0.45, 0.60, 0.85), 15, (0.85, 0.70, 0.65), (0.30, 0.28, 0.32)),
+_SKIES = {  # horizon, zenith, sun elevation (degrees), sunlight, ambient light
+    "day": _Sky((0.75, 0.85, 0.95), (0.25, 0.50, 0.90), 60, (0.80, 0.80, 0.75),
+                (0.35, 0.37, 0.40)),
+    "sunset": _Sky((1.00, 0.55, 0.25), (0.35, 0.20, 0.45), 12, (0.95, 0.55, 0.30),
+                   (0.25, 0.20, 0.25)),
+    "night": _Sky((0.08, 0.10, 0.20), (0.01, 0.01, 0.05), 40, (0.35, 0.40, 0.60),
+                  (0.10, 0.11, 0.16)),
+    "dawn": _Sky((0.95, 0.70, 0.70), (0.45, 0.60, 0.85), 15, (0.85, 0.70, 0.65),
+                 (0.30, 0.28, 0.32)),
 }
 # Two floor colours per texture: background and pattern.
 _FLOOR_COLOURS = {
@@ -102,6 +106,7 @@ def _nearest_hits(scene: scene_lib.Scene, steps: np.ndarray, rays: shapes.Rays):
 
 
 def _hit_object(obj: scene_lib.ToyObject, steps: np.ndarray, rays: shapes.Rays) -> shapes.Hit:
+  """Intersects one object (its shape name was checked by `scene.check_scene`)."""
   centres = scene_lib.object_centres(obj, steps)
   cx, cz = centres[:, 0:1], centres[:, 2:3]
   if obj.shape == "sphere":
@@ -111,9 +116,7 @@ def _hit_object(obj: scene_lib.ToyObject, steps: np.ndarray, rays: shapes.Rays) 
     return shapes.hit_cube(rays, cx, cz, obj.size, yaw)
   if obj.shape == "cylinder":
     return shapes.hit_cylinder(rays, cx, cz, obj.size, obj.height)
-  if obj.shape == "cone":
-    return shapes.hit_cone(rays, cx, cz, obj.size, obj.height)
-  raise ValueError(f"unknown shape {obj.shape!r}; known: {scene_lib.SHAPES}")
+  return shapes.hit_cone(rays, cx, cz, obj.size, obj.height)
 
 
 def object_height(obj: scene_lib.ToyObject) -> float:

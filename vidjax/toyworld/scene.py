@@ -38,10 +38,10 @@ OBJECT_MOTIONS = ("linear", "circular")
 CAMERA_MOTIONS = ("static", "pan", "dolly", "orbit")
 
 # Where the camera looks at step 0; objects are laid out around it.
-LOOK_AT = (0.0, 0.4, 0.0)
+LOOK_AT = (0.0, 0.5, 0.0)
 # Lateral positions (metres, across the initial view) for 1, 2 or 3 objects: wide enough apart that
 # no object hides another completely in the first frame.
-_SLOTS = {1: (0.0,), 2: (-0.95, 0.95), 3: (-1.75, 0.0, 1.75)}
+_SLOTS = {1: (0.0,), 2: (-0.85, 0.85), 3: (-1.45, 0.0, 1.45)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +102,8 @@ def sample_scene(seed: int) -> Scene:
   rng = np.random.default_rng(seed)
   camera = CameraPath(
       azimuth=float(rng.uniform(0, 2 * np.pi)),
-      distance=float(rng.uniform(5.5, 7.0)),
-      height=float(rng.uniform(1.8, 3.0)),
+      distance=float(rng.uniform(4.2, 5.5)),
+      height=float(rng.uniform(1.2, 2.2)),
       fov_degrees=50.0,
       motion=str(rng.choice(CAMERA_MOTIONS)),
       amplitude=float(rng.uniform(0.1, 0.25)),
@@ -130,7 +130,7 @@ def _sample_object(rng: np.random.Generator, colour: str, lateral: float,
   right = np.array([-np.sin(camera_azimuth), np.cos(camera_azimuth)])
   towards_camera = np.array([np.cos(camera_azimuth), np.sin(camera_azimuth)])
   xz = (lateral + rng.uniform(-0.15, 0.15)) * right + rng.uniform(-0.6, 0.6) * towards_camera
-  size = float(rng.uniform(0.35, 0.55))
+  size = float(rng.uniform(0.3, 0.5))
   return ToyObject(
       shape=str(rng.choice(SHAPES)),
       colour=colour,
@@ -154,6 +154,19 @@ def recolour(scene: Scene, colours: Sequence[str]) -> Scene:
                      f"pass one colour per object, each one of {sorted(COLOURS)}")
   objects = tuple(dataclasses.replace(o, colour=c) for o, c in zip(scene.objects, colours))
   return dataclasses.replace(scene, objects=objects)
+
+
+def check_scene(scene: Scene) -> None:
+  """Raises InputError naming the first field of `scene` outside the world's vocabulary."""
+  fields = [("floor", scene.floor, FLOORS), ("time_of_day", scene.time_of_day, TIMES_OF_DAY),
+            ("camera.motion", scene.camera.motion, CAMERA_MOTIONS)]
+  for i, obj in enumerate(scene.objects):
+    fields += [(f"objects[{i}].shape", obj.shape, SHAPES),
+               (f"objects[{i}].colour", obj.colour, tuple(COLOURS)),
+               (f"objects[{i}].motion", obj.motion, OBJECT_MOTIONS)]
+  for name, value, known in fields:
+    if value not in known:
+      raise InputError(f"scene.{name}", f"unknown value {value!r}", f"use one of {list(known)}")
 
 
 def object_centres(obj: ToyObject, steps: np.ndarray) -> np.ndarray:
