@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.init_from = ""  # weights only: a vidjax pretrained dir (vidjax convert) or a training workdir
+  config.init_surgery = ()  # applied to init_from weights: 'widen_input_channels', 'change_context_width'
 
   config.model = ml_collections.ConfigDict()
   config.model.unet = unet_fields()
@@ -38,6 +39,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.text_encoder = ml_collections.ConfigDict(dict(
       vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
       max_position_embeddings=77, hidden_act="gelu", projection_dim=None, eos_token_id=2))
+  # CLIP vision tower fields (vidjax.models.clip.CLIPVisionConfig) for content 'image': OpenAI ViT-L/14.
+  config.model.image_encoder = ml_collections.ConfigDict(dict(
+      hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24, image_size=224,
+      patch_size=14, hidden_act="quick_gelu", projection_dim=768))
   config.model.structure = "depth"  # 'depth' (SD-2-depth, Make-Your-Video) | 'depth_latent' (Gen-1) | 'none'
   config.model.content = "text"  # 'text' | 'image' (CLIP image embeddings, Gen-1)
   config.model.prediction_type = "v_prediction"

@@ -27,14 +27,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.build = ml_collections.ConfigDict(dict(source="toy", num_examples=512, seed=0, num_frames=FRAMES,
                                                      stride=2, size=SIZE, examples_per_shard=64, num_workers=2))
   config.data.batch_size = 4
-  config.data.max_caption_tokens = 16
+  config.data.max_caption_tokens = 24  # the longest caption (3 objects) is 20 tokens with bos/eos
   config.data.structure_fidelity_min = config.data.structure_fidelity_max = 0  # 1-channel depth: no t_s input
 
   config.model.vae = ml_collections.ConfigDict(dict(block_out_channels=(16, 32, 32), layers_per_block=1,
                                                     latent_channels=4, norm_num_groups=8, scaling_factor=1.0))
   config.model.text_encoder = ml_collections.ConfigDict(dict(
       vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
-      max_position_embeddings=16, hidden_act="gelu", projection_dim=None, eos_token_id=tokenizer.eos_token_id))
+      max_position_embeddings=24, hidden_act="gelu", projection_dim=None, eos_token_id=tokenizer.eos_token_id))
   config.model.unet = base.unet_fields(
       in_channels=5, block_out_channels=(32, 64, 96), layers_per_block=1, attention_levels=(False, True, True),
       num_attention_heads=(1, 2, 3), cross_attention_dim=64, norm_num_groups=8, temporal_conv="conv1d",

@@ -7,7 +7,8 @@ Training, editing and evaluation all go through this class, so each conditioning
                            as Gen-1 (in_channels = 2 * latent + 4);
   structure 'none'         no structure input;
   content 'text'           caption token ids -> CLIP text tower -> (B, L, D) tokens;
-  content 'image'          a CLIP image embedding (B, D) -> one (B, 1, D) token (Gen-1).
+  content 'image'          a CLIP image embedding (B, D) -> one (B, 1, D) token (Gen-1); in training
+                           the frozen CLIP vision tower embeds a random frame of each clip.
 Params are one dict {'unet': ..., 'vae': ..., 'text_encoder': ...}; which parts train is the
 trainer's business (optax masks by path).
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +25,8 @@ import numpy as np
 from vidjax import diffusion
 from vidjax.conditioning.structure import structure_fidelity_channels
 from vidjax.errors import ConfigError, InputError
-from vidjax.models.clip import CLIPTextConfig, CLIPTextTransformer
+from vidjax.models.clip import (CLIP_MEAN, CLIP_STD, CLIPTextConfig, CLIPTextTransformer, CLIPVisionConfig,
+                               CLIPVisionTransformer)
 from vidjax.models.depth import normalize_depth_for_unet
 from vidjax.models.unet import UNetConfig, VideoUNet, init_inputs
 from vidjax.models.vae import AutoencoderKL, VAEConfig, decode_video, encode_video
@@ -41,6 +42,7 @@ class ModelConfig:
   unet: UNetConfig
   vae: VAEConfig
   text_encoder: CLIPTextConfig | None = None  # for content 'text'
+  image_encoder: CLIPVisionConfig | None = None  # for content 'image' (Gen-1)
   structure: str = "depth"
   content: str = "text"
   null_tokens: tuple[int, ...] = ()  # token ids of the empty prompt (the unconditional content)
@@ -62,6 +64,10 @@ class ModelConfig:
     if self.content == "text" and (self.text_encoder is None or not self.null_tokens):
       raise ConfigError("ModelConfig", "content 'text' needs text_encoder and null_tokens",
                         "give the text tower's config and the tokenizer's ids for the empty prompt")
+    if self.content == "image" and (self.image_encoder is None
+                                    or self.image_encoder.projection_dim != self.unet.cross_attention_dim):
+      raise ConfigError("ModelConfig", "content 'image' needs an image_encoder projecting to cross_attention_dim",
+                        "give the CLIP vision tower's config with projection_dim = unet.cross_attention_dim")
 
   @property
   def structure_channels(self) -> int:
@@ -76,16 +82,20 @@ class VideoDiffusionModel:
     self.unet = VideoUNet(config.unet)
     self.vae = AutoencoderKL(config.vae)
     self.text_encoder = CLIPTextTransformer(config.text_encoder) if config.text_encoder else None
+    self.image_encoder = CLIPVisionTransformer(config.image_encoder) if config.image_encoder else None
     self.schedule = diffusion.make_schedule(config.beta_schedule, config.num_train_timesteps, config.beta_start,
                                             config.beta_end)
 
   def init(self, rng: jax.Array) -> dict[str, Any]:
     """Boxed params (with logical axis names) of every component; run under jit or eval_shape."""
-    keys = jax.random.split(rng, 3)
+    keys = jax.random.split(rng, 4)
     params = {"unet": self.unet.init(keys[0], **init_inputs(self.config.unet, frames=2))["params"],
               "vae": self.vae.init(keys[1], jnp.zeros((1, 16, 16, self.config.vae.in_channels)))["params"]}
     if self.text_encoder is not None:
       params["text_encoder"] = self.text_encoder.init(keys[2], self.null_tokens(1))["params"]
+    if self.image_encoder is not None:
+      size = self.config.image_encoder.image_size
+      params["image_encoder"] = self.image_encoder.init(keys[3], jnp.zeros((1, size, size, 3)))["params"]
     return params
 
   def null_tokens(self, batch: int) -> jax.Array:
@@ -102,6 +112,15 @@ class VideoDiffusionModel:
     if image_embeds is None:
       raise InputError("image_embeds", "missing for an image-conditioned model", "pass CLIP image embeddings")
     return image_embeds[:, None, :]
+
+  def embed_frames(self, params: Mapping[str, Any], frames: jax.Array, rng: jax.Array) -> jax.Array:
+    """CLIP image embeddings (B, D) of one random frame per clip; frames (B, T, H, W, 3) in [-1, 1]."""
+    b, t = frames.shape[:2]
+    picked = frames[jnp.arange(b), jax.random.randint(rng, (b,), 0, t)]
+    size = self.config.image_encoder.image_size
+    pixels = jax.image.resize((picked + 1.0) / 2.0, (b, size, size, 3), "cubic")
+    pixels = (pixels - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
+    return self.image_encoder.apply({"params": params["image_encoder"]}, pixels)["image_embeds"]
 
   def null_content(self, params: Mapping[str, Any], batch: int) -> jax.Array:
     """The unconditional content: the empty prompt's tokens, or a zero image embedding."""
@@ -138,10 +157,6 @@ class VideoDiffusionModel:
     latents = encode_video(self.vae, params["vae"], jnp.repeat(depth, 3, axis=-1))
     ts = structure_fidelity_channels(jnp.asarray(structure_fidelity, jnp.float32), *latent_hw)
     return jnp.concatenate([latents, jnp.broadcast_to(ts[:, None], (b, t, *latent_hw, 4))], axis=-1)
-
-
-def unbox(tree: Any) -> Any:
-  return nn.unbox(tree)
 
 
 def param_count(params: Mapping[str, Any]) -> dict[str, int]:

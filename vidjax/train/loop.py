@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vidjax.convert import pretrained
 from vidjax.data.loader import Loader, tokenize
 from vidjax.errors import ConfigError
 from vidjax.models import flops
-from vidjax.models.clip import CLIPTextConfig
+from vidjax.models.clip import CLIPTextConfig, CLIPVisionConfig
 from vidjax.models.unet import UNetConfig
 from vidjax.models.vae import VAEConfig
 from vidjax.models.video_model import ModelConfig, VideoDiffusionModel
@@ -48,8 +49,9 @@ def build_model(config: ml_collections.ConfigDict) -> VideoDiffusionModel:
   if m.content == "text":
     text = CLIPTextConfig(**_tuples(m.text_encoder))
     null_tokens = tuple(int(i) for i in tokenize([""], config.data.tokenizer_dir, config.data.max_caption_tokens)[0])
+  image = CLIPVisionConfig(**_tuples(m.image_encoder)) if m.content == "image" else None
   return VideoDiffusionModel(ModelConfig(
-      unet=UNetConfig(**_tuples(m.unet)), vae=VAEConfig(**_tuples(m.vae)), text_encoder=text,
+      unet=UNetConfig(**_tuples(m.unet)), vae=VAEConfig(**_tuples(m.vae)), text_encoder=text, image_encoder=image,
       structure=m.structure, content=m.content, null_tokens=null_tokens, prediction_type=m.prediction_type,
       beta_schedule=m.beta_schedule))
 
@@ -90,7 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     state = jax.jit(lambda key: sharding_lib.unbox(create(key)), out_shardings=shardings)(rng)
     if config.init_from:
-      params = _init_from(config.init_from, state.params, shardings.params)
+      params = _init_from(config, state.params, shardings.params)
       ema = {k: jax.tree_util.tree_map(jnp.copy, params[k]) for k in state.ema_params}  # own buffers: both are donated
       state = state.replace(params=params, ema_params=ema)
 
@@ -193,10 +195,32 @@ def _batch_shape(local) -> tuple[int, int, int, int, int]:
   return video.shape[0] * jax.process_count(), video.shape[1], video.shape[2], video.shape[3], context
 
 
-def _init_from(path: str, params: dict[str, Any], shardings: Any) -> dict[str, Any]:
-  """Weights only: from a training workdir's latest checkpoint, merged by path (new layers keep their init)."""
-  source = load_params(os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path)
-  merged, report = surgery.merge_params(jax.device_get(params), source)
+def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardings: Any) -> dict[str, Any]:
+  """Weights only, merged by path into the fresh params (layers the source lacks keep their init).
+
+  `config.init_from` is a vidjax pretrained directory (`vidjax convert`) or a training workdir;
+  `config.init_surgery` adapts the source first: 'widen_input_channels' (new structure channels,
+  zero weights) and/or 'change_context_width' (a new content width).
+  """
+  path = config.init_from
+  if os.path.exists(os.path.join(path, "config.json")):
+    source = {name: p for name, (_, p) in pretrained.load_pretrained(path).items()}
+  else:
+    checkpoints = os.path.join(path, "checkpoints")
+    source = load_params(checkpoints if os.path.isdir(checkpoints) else path)
+  source = {name: jax.device_get(p) for name, p in source.items() if name in params}
+  target = jax.device_get(params)
+  for operation in config.init_surgery:
+    unet = config.model.unet
+    if operation == "widen_input_channels":
+      source["unet"] = surgery.widen_input_channels(source["unet"], unet.in_channels)
+    elif operation == "change_context_width":
+      source["unet"] = surgery.change_context_width(source["unet"], unet.cross_attention_dim,
+                                                    jax.random.key(config.seed + 2))
+    else:
+      raise ConfigError("init_surgery", f"unknown operation {operation!r}",
+                        "use 'widen_input_channels' and/or 'change_context_width'")
+  merged, report = surgery.merge_params(target, source)
   print(f"init_from {path}: {report}")
   return jax.device_put(merged, shardings)
 

@@ -35,7 +35,7 @@ def make_train_step(model: VideoDiffusionModel, tx: optax.GradientTransformation
 
   def conditioning(params, batch, rng):
     """Latents, structure and (possibly dropped-out) content inputs; no gradient flows into them."""
-    latent_key, drop_content_key, drop_structure_key = jax.random.split(rng, 3)
+    latent_key, frame_key, drop_content_key, drop_structure_key = jax.random.split(rng, 4)
     frozen = jax.lax.stop_gradient(params)
     latents = batch["latents"] if "latents" in batch else model.encode_frames(frozen, batch["frames"], latent_key)
     b = latents.shape[0]
@@ -46,8 +46,9 @@ def make_train_step(model: VideoDiffusionModel, tx: optax.GradientTransformation
     drop = jax.random.uniform(drop_content_key, (b,)) < config.content_dropout
     if model.config.content == "text":
       content = {"tokens": jnp.where(drop[:, None], model.null_tokens(b), batch["tokens"])}
-    else:
-      content = {"image_embeds": jnp.where(drop[:, None], 0.0, batch["image_embeds"])}
+    else:  # Gen-1: the CLIP embedding of a random frame (cached embeddings when the batch has them)
+      embeds = batch["image_embeds"] if "image_embeds" in batch else model.embed_frames(frozen, batch["frames"], frame_key)
+      content = {"image_embeds": jnp.where(drop[:, None], 0.0, embeds)}
     return latents, structure, content
 
   def train_step(state: TrainState, batch: Batch, image_mode: bool = False):

@@ -23,9 +23,13 @@ from vidjax.train.checkpoint import load_params
 
 
 def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Builds the toy shards and tokenizer under `workdir` unless they are complete; points config.data at them."""
+  """Builds the toy shards and tokenizer unless they are complete; points config.data at them.
+
+  They go where config.data.data_dir / tokenizer_dir say, or under `workdir` when those are empty.
+  """
   build = config.data.build
-  data_dir, tokenizer_dir = os.path.join(workdir, "data"), os.path.join(workdir, "tokenizer")
+  data_dir = config.data.data_dir or os.path.join(workdir, "data")
+  tokenizer_dir = config.data.tokenizer_dir or os.path.join(workdir, "tokenizer")
   if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
     toyworld.save_tokenizer(tokenizer_dir)
   if not os.path.exists(os.path.join(data_dir, "manifest.json")):
