@@ -60,6 +60,24 @@ def find_weights(folder: str | os.PathLike, stems: Iterable[str]) -> str:
                    "point at a diffusers/HF component folder saved with save_pretrained")
 
 
+def read_source(source: str | os.PathLike | Mapping[str, np.ndarray], config: Any,
+                load_config: Callable[[str], Any], weight_stems: Iterable[str]) -> tuple[Any, Mapping[str, np.ndarray], str]:
+  """(config, state dict, name for messages) from a component folder or an in-memory state dict.
+
+  A folder's config is `load_config(folder)` unless `config` is given; a state dict needs `config`.
+  """
+  if isinstance(source, Mapping):
+    if config is None:
+      raise ValueError("config is required when converting a state dict")
+    return config, source, "state dict"
+  folder = os.fspath(source)
+  if not os.path.isdir(folder):
+    raise InputError(folder, "not a folder", "point at a component folder saved with save_pretrained")
+  config = config if config is not None else load_config(folder)
+  name = find_weights(folder, weight_stems)
+  return config, load_state_dict(name), name
+
+
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
   path = os.fspath(path)
   if not os.path.isfile(path):

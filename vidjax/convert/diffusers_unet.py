@@ -45,16 +45,9 @@ def convert_unet(source: str | os.PathLike | Mapping[str, np.ndarray], config: U
   Returns:
     (config, params as nested numpy dict, report).
   """
-  if isinstance(source, Mapping):
-    if config is None:
-      raise ValueError("config is required when converting a state dict")
-    state_dict, name = source, "state dict"
-  else:
-    folder = os.fspath(source)
-    if config is None:
-      config = UNetConfig.from_diffusers(common.read_json(os.path.join(folder, "config.json")), **config_overrides)
-    name = common.find_weights(folder, ["diffusion_pytorch_model"])
-    state_dict = common.load_state_dict(name)
+  config, state_dict, name = common.read_source(
+      source, config, lambda folder: UNetConfig.from_diffusers(
+          common.read_json(os.path.join(folder, "config.json")), **config_overrides), ["diffusion_pytorch_model"])
   shapes = unet_param_shapes(config)
   needs_init = any(is_temporal(p) for p in common.flatten(shapes))
   params, report = common.convert_state_dict(

@@ -45,16 +45,9 @@ def convert_vae(source: str | os.PathLike | Mapping[str, np.ndarray], config: VA
     InputError: config.json or the weights file is missing or unreadable (names the file).
     ConfigError: unsupported config, or tensors whose names or shapes do not fit (names the file).
   """
-  if isinstance(source, Mapping):
-    if config is None:
-      raise ValueError("config is required when converting a state dict")
-    state_dict, name = source, "state dict"
-  else:
-    folder = os.fspath(source)
-    if config is None:
-      config = VAEConfig.from_diffusers(common.read_json(os.path.join(folder, "config.json")))
-    name = common.find_weights(folder, WEIGHT_STEMS)
-    state_dict = common.load_state_dict(name)
+  config, state_dict, name = common.read_source(
+      source, config, lambda folder: VAEConfig.from_diffusers(common.read_json(os.path.join(folder, "config.json"))),
+      WEIGHT_STEMS)
   params, report = common.convert_state_dict(state_dict, vae_param_shapes(config), source=str(name),
                                              rename=common.rename_by_rules(_DEPRECATED_ATTENTION_NAMES))
   return config, params, report

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vidjax.convert import common
-from vidjax.errors import ConfigError, InputError
+from vidjax.errors import ConfigError
 from vidjax.models.depth import DPT, DPTConfig
 
 _RENAME = common.rename_by_rules([
@@ -74,16 +74,7 @@ def convert_dpt(source: str | os.PathLike | Mapping[str, np.ndarray], config: DP
     InputError for a missing folder, config or weights file, or an unreadable file; ConfigError for
     a non-DPT config or weights that do not fit it (every mismatch listed).
   """
-  if isinstance(source, Mapping):
-    if config is None:
-      raise ValueError("config is required when converting a state dict")
-    state_dict, name = source, "state dict"
-  else:
-    folder = os.fspath(source)
-    if not os.path.isdir(folder):
-      raise InputError(folder, "not a folder", "point at a DPT folder saved with save_pretrained")
-    config = config or read_dpt_config(folder, **config_overrides)
-    name = common.find_weights(folder, ["model", "pytorch_model"])
-    state_dict = common.load_state_dict(name)
+  config, state_dict, name = common.read_source(
+      source, config, lambda folder: read_dpt_config(folder, **config_overrides), ["model", "pytorch_model"])
   params, report = common.convert_state_dict(state_dict, dpt_param_shapes(config), source=str(name), rename=rename)
   return config, params, report
