@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from configs import toy as toy_config
 from data_pipelines import build_shards
 from vidjax.data import loader
 from vidjax.toyworld import render_clip, save_tokenizer
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   parser.add_argument("--clips", type=int, default=128, help="clips rendered and in the shards")
   parser.add_argument("--batches", type=int, default=100, help="loader batches timed")
+  parser.add_argument("--trainer_steps", type=int, default=10, help="toy train steps timed (0: skip the trainer)")
   args = parser.parse_args(argv)
   print(f"toy clips of {NUM_FRAMES} x {SIZE} x {SIZE}; loader batch {BATCH_SIZE} clips, "
         f"{args.clips} clips in the shards, {args.batches} batches timed")
@@ -91,9 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     if status != 0:
       return status
     tokenizer_dir = save_tokenizer(os.path.join(tmp, "tokenizer"))
+    rates = {}
     for workers in (0, 2):
-      rate = bench_loader(data_dir, tokenizer_dir, workers, args.batches)
-      print(rate.line(f"loader, {workers} workers"))
+      rates[workers] = bench_loader(data_dir, tokenizer_dir, workers, args.batches)
+      print(rates[workers].line(f"loader, {workers} workers"))
+  if args.trainer_steps:
+    import train_step  # benchmarks/train_step.py: the toy config's jitted step (the README's main job)
+
+    config = toy_config.get_config()
+    with tempfile.TemporaryDirectory() as tmp:
+      config.data.tokenizer_dir = save_tokenizer(os.path.join(tmp, "tokenizer"))
+      consumed = train_step.time_config("toy trainer", config, config.data.batch_size, toy_config.FRAMES,
+                                        toy_config.SIZE, args.trainer_steps)
+    best = max(rate.clips / rate.seconds for rate in rates.values())
+    print(f"the toy trainer consumes {consumed:.1f} clips/s; the loader makes {best / consumed:.0f}x that (target >= 10x)")
   return 0
 
 

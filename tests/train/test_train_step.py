@@ -40,8 +40,15 @@ def _batch(model, batch=8, frames=4, size=16, seed=0):
   return {"frames": rng.uniform(-1, 1, (batch, frames, size, size, 3)).astype(np.float32),
           "depth": rng.uniform(-1, 1, (batch, frames, size, size, 1)).astype(np.float32),
           "structure_fidelity": np.zeros((batch,), np.int32),
-          "tokens": np.asarray(np.broadcast_to(np.asarray(model.config.null_tokens), (batch, 16))) + (
-              rng.integers(0, 3, (batch, 16)) * (np.arange(16) == 1))}
+          "tokens": _tokens(model, batch, rng)}
+
+
+def _tokens(model, batch, rng):
+  """The empty prompt's ids with a random word id in the first content position, (batch, L) int32."""
+  null = np.asarray(model.config.null_tokens, np.int32)
+  tokens = np.tile(null, (batch, 1))
+  tokens[:, 1] = rng.integers(5, model.config.text_encoder.vocab_size, batch)
+  return tokens
 
 
 def _run_on(mesh, setup, batch):
