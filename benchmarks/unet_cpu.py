@@ -33,7 +33,7 @@ from diffusers import UNet2DConditionModel
 
 from vidjax.convert.diffusers_unet import convert_unet
 from vidjax.models.flops import unet_forward_flops, unet_train_flops
-from vidjax.models.unet import UNetConfig, VideoUNet
+from vidjax.models.unet import VideoUNet
 
 HEAD_DIM = 64  # SD-2's head width; heads per level = channels / 64
 
