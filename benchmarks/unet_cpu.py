@@ -1,7 +1,7 @@
 """Samples/s of our jitted image-mode VideoUNet against diffusers' UNet2DConditionModel, same weights, on CPU.
 
   python benchmarks/unet_cpu.py                      # SD-2-depth-like, 64..256 channels, 32x32, batch 2
-  python benchmarks/unet_cpu.py --channels 128,256,512,512 --latent 48 --repeats 7
+  python benchmarks/unet_cpu.py --channels 128,256,512,512 --latent 48 --repeats 11
 
 Builds a diffusers UNet at a reduced SD-2-depth-like config (5 input channels, linear projections,
 cross-attention to a 77-token context, 64-wide heads), saves it, converts it with `convert_unet`, and
@@ -14,7 +14,9 @@ processes on a shared machine hits both alike; the median of `--repeats` after o
 reported. GFLOP/s of both come from one analytic count (`vidjax.models.flops`). Torch gets as many
 threads as XLA's CPU client runs compute on: its intra-op pool threads (named XLAEigen) counted in
 /proc after a jitted call. Outputs, losses and gradient norms are compared, so both time the same
-computation.
+computation. Time it on an otherwise idle machine: the header prints the load average, and with
+other processes on the cores torch's OpenMP threads can slow down by 10-100x (medians of seconds),
+which makes the ratio meaningless.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=7)
   args = parser.parse_args()
   channels = tuple(int(c) for c in args.channels.split(","))
+  load_at_start = os.getloadavg()[0]
 
   torch.manual_seed(0)
   torch_model = UNet2DConditionModel(**diffusers_config(channels, args.latent, args.layers, args.context_dim))
@@ -147,7 +150,8 @@ def main() -> None:
   }
 
   print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}: {threads} XLA compute "
-        f"threads -> torch.set_num_threads({threads}); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+        f"threads -> torch.set_num_threads({threads}); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+        f"load average at start {load_at_start:.2f}")
   print(f"config: channels {channels}, {args.layers} layers/block, heads {config.num_attention_heads}, "
         f"cross_attention_dim {args.context_dim}, latent {s}x{s}x5, batch {b}, context {args.context}; "
         f"median of {args.repeats}")
