@@ -70,6 +70,12 @@ def _resize_axis(x, size_out: int, axis: int, xp):
   return a + (b - a) * weight
 
 
+def resize_linear(x, size: tuple[int, int]):
+  """Linear resize of the last two axes of `x` (numpy or jax) to `size`, half-pixel centres, clamped edges."""
+  xp = _array_module(x)
+  return _resize_axis(_resize_axis(x, size[0], -2, xp), size[1], -1, xp)
+
+
 def _structure_levels(depth, max_level: int, xp) -> list:
   """[level 0, ..., level max_level] of the blur pyramid, each resampled to depth's size."""
   height, width = depth.shape[-2:]

@@ -3,6 +3,7 @@
   vidjax convert sd2-depth SRC OUT [--temporal make-your-video]   a diffusers stable-diffusion-2-depth folder
   vidjax convert make-your-video CKPT OUT [--tokenizer DIR] [--depth-estimator DIR]   MYV's model.ckpt
   vidjax convert unet|vae|clip|dpt SRC OUT                         one diffusers / transformers folder
+  vidjax convert run WORKDIR OUT [--dtype float16] [--no-ema]     a `vidjax train` run (its latest step)
 
 Each command writes OUT atomically and prints, per component, how many tensors were converted,
 how many params were left at their init (e.g. new temporal layers) and which source keys went
@@ -73,6 +74,18 @@ def _dpt(args) -> dict[str, common.ConversionReport]:
   return {"depth_estimator": report}
 
 
+def _run(args) -> dict[str, common.ConversionReport]:
+  from vidjax.pipelines.model_dir import export_run  # imports the trainer
+  export_run(args.src, args.out, use_ema=not args.no_ema, dtype=args.dtype)
+  from safetensors import safe_open
+
+  reports = {}
+  for name, entry in pretrained.read_manifest(args.out)["components"].items():
+    with safe_open(os.path.join(args.out, entry["weights"]), "np") as f:
+      reports[name] = common.ConversionReport(converted=list(f.keys()), missing=[], unexpected=[])
+  return reports
+
+
 def _ints(text: str) -> tuple[int, ...]:
   try:
     return tuple(int(v) for v in text.split(","))
@@ -110,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
   command("vae", _vae, "convert a diffusers AutoencoderKL folder", "the vae/ folder")
   command("clip", _clip, "convert a transformers CLIP folder (text and/or vision tower)", "the CLIP folder")
   command("dpt", _dpt, "convert a transformers DPTForDepthEstimation folder", "the DPT folder")
+  run = command("run", _run, "export a `vidjax train` run (EMA weights of its latest step) for inference",
+                "the run's workdir")
+  run.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="store floating weights in this dtype (default: as trained)")
+  run.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
   return parser
 
 

@@ -195,6 +195,11 @@ class Checkpointer:
                                                                config=ocp.args.JsonRestore()))
     return state, rest["data_state"], rest["config"]
 
+  def saved_config(self, step: int | None = None) -> dict[str, Any]:
+    """The run config saved with step `step` (default the latest finished one), as a dict."""
+    step = self._finished_step(step)
+    return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
   def _saved_tree(self, step: int) -> Any:
     """The saved state's tree of array metadata, as nested dicts and lists."""
     return self._manager.item_metadata(step)["state"].tree
