@@ -1,0 +1,58 @@
+"""Tiny random whole-model checkpoint directories for the edit pipeline's tests.
+
+Params are drawn with numpy from the shapes `pretrained.param_shapes` gives, so no model init is
+compiled (XLA takes tens of seconds for a UNet's random-number code on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from vidjax import toyworld
+from vidjax.convert import pretrained
+from vidjax.models.clip import CLIPTextConfig, CLIPVisionConfig
+from vidjax.models.unet import UNetConfig
+from vidjax.models.vae import VAEConfig
+
+FRAMES, SIZE = 4, 32
+UNET = dict(in_channels=5, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+            attention_levels=(False, True), num_attention_heads=(1, 2), cross_attention_dim=16, norm_num_groups=4,
+            temporal_conv="conv1d", temporal_attention=True, temporal_relative_position=FRAMES, temporal_causal=True)
+VAE = dict(block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4, scaling_factor=1.0)
+
+
+def _random(shapes, seed: int) -> dict:
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: (rng.standard_normal(s.shape) * 0.1).astype(np.float32), shapes)
+
+
+def write(folder: str | os.PathLike, *, content: str = "text", seed: int = 0,
+          structure_fidelity_range=(0, 2)) -> str:
+  """A tiny text (toy tokenizer) or image-embedding model directory; returns its path."""
+  folder = os.fspath(folder)
+  unet = UNetConfig(**UNET)
+  vae = VAEConfig(**VAE)
+  components = {"unet": (unet, _random(pretrained.param_shapes(unet), seed)),
+                "vae": (vae, _random(pretrained.param_shapes(vae), seed + 1))}
+  assets = {}
+  if content == "text":
+    tokenizer = toyworld.save_tokenizer(os.path.join(folder + ".tokenizer"))
+    text = CLIPTextConfig(vocab_size=len(toyworld.build_tokenizer()), hidden_size=16, intermediate_size=32,
+                          num_attention_heads=2, num_hidden_layers=1, max_position_embeddings=24,
+                          hidden_act="gelu", projection_dim=None, eos_token_id=2)
+    components["text_encoder"] = (text, _random(pretrained.param_shapes(text), seed + 2))
+    assets["tokenizer"] = tokenizer
+  else:
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
+                              image_size=32, patch_size=8, hidden_act="quick_gelu", projection_dim=16)
+    components["image_encoder"] = (vision, _random(pretrained.param_shapes(vision), seed + 3))
+  extra = {"scheduler": {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                         "beta_end": 0.012, "prediction_type": "v_prediction", "timestep_spacing": "leading",
+                         "steps_offset": 1, "set_alpha_to_one": False},
+           "conditioning": {"structure": "depth_1ch", "content": "text_tokens" if content == "text" else "image_embeds"},
+           "video": {"num_frames": FRAMES, "temporal_window": None, "stride": 1, "size": [SIZE, SIZE]},
+           "training": {"structure_fidelity_range": list(structure_fidelity_range)}}
+  return pretrained.save_pretrained(folder, components, extra=extra, assets=assets)

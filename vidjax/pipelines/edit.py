@@ -1,0 +1,433 @@
+"""VideoEditPipeline: keep a video's structure (depth), change its content by a text or an image.
+
+  pipe = VideoEditPipeline.from_pretrained()          # the embedded toy checkpoint, offline
+  result = pipe("in.mp4", prompt="a red cube on a checkered floor at night", seed=0)
+  result.frames   # uint8 (T, H, W, 3); result.depth: the float32 (T, H, W) depth used
+
+What one call does, and the papers' controls it exposes:
+  1. inputs: a video (its depth is estimated) and/or a depth sequence (Make-Your-Video's creation
+     from rough structure); a prompt (+ negative prompt) for text models, or a content image
+     (CLIP image embedding, Gen-1 image prompting) for image models; every input and setting is
+     checked here, before any model runs;
+  2. depth: the checkpoint's DPT (or `depth_estimator=`), min-max over the clip, 1 = near; then
+     the structure fidelity t_s blur (Gen-1 Sec. 3.3), within the range the model was trained on;
+  3. sampling: DDIM with classifier-free guidance omega and, for omega_t != 1, Gen-1's temporal
+     guidance (Eq. 8) in one 3N-batch call per step; eta; SDEdit `strength`; a `mask` that keeps
+     the source where True (Gen-1 masked editing); clips longer than the model's training length
+     through Make-Your-Video's causal window L_M (`temporal_window`), which the temporal attention
+     evaluates block by block, so memory grows linearly with the frame count;
+  4. decode with the VAE, frame by frame.
+The compiled sampler is cached per static setting (steps, temporal guidance on/off) and shape, so a
+new prompt, seed, scale, t_s, window or mask at the same shapes reuses it (`sampler_traces` counts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import vidjax
+from vidjax.conditioning import structure as structure_lib
+from vidjax.data import video_io
+from vidjax.errors import ConfigError, InputError
+from vidjax.pipelines import edit_inputs
+from vidjax.pipelines.model_dir import ModelDir, load_model_dir
+from vidjax.pipelines.sampling import Sampler, SamplingConfig
+
+EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(vidjax.__file__), "assets", "toy")
+STAGES = ("inputs", "depth", "encode", "sampling", "decode")
+
+
+@dataclasses.dataclass
+class EditResult:
+  """What an edit returns.
+
+  frames: uint8 (T, H, W, 3) the edited video.
+  depth: float32 (T, H, W) in [0, 1] (1 = near), the depth the model saw, after the t_s blur.
+  source: uint8 (T, H, W, 3) the input frames at the output size, or None for a depth-only input.
+  settings: every setting as used (defaults resolved), the seed, the checkpoint and the warnings:
+    what the CLI writes as its JSON sidecar.
+  timings: seconds per stage (STAGES), each measured to the end of its device work.
+  """
+
+  frames: np.ndarray
+  depth: np.ndarray
+  source: np.ndarray | None
+  settings: dict[str, Any]
+  timings: dict[str, float]
+
+
+class VideoEditPipeline:
+  """Edits videos with a whole-model checkpoint directory; see the module docstring."""
+
+  def __init__(self, model_dir: ModelDir, *, depth_estimator: Any = None, progress: bool = True):
+    """`depth_estimator`: a `DepthEstimator` (uint8 frames -> [0, 1] depth) for video inputs; default
+    the checkpoint's bundled DPT, if any. `progress`: show a tqdm bar (each call may override)."""
+    self.model_dir, self.model, self.params = model_dir, model_dir.model, jax.device_put(model_dir.params)
+    self.progress = progress
+    if depth_estimator is None and model_dir.depth_estimator is not None:
+      from vidjax.models.depth import DepthEstimator
+      config, params = model_dir.depth_estimator
+      depth_estimator = DepthEstimator(config, params, **model_dir.manifest.get("depth_estimator_kwargs", {}))
+    self.depth_estimator = depth_estimator
+    self._samplers: dict[SamplingConfig, Sampler] = {}
+    model = self.model
+    self._structure = jax.jit(model.encode_structure, static_argnums=(3,))
+    self._content = jax.jit(lambda params, tokens, embeds: model.encode_content(
+        params, tokens=tokens, image_embeds=embeds))
+    self._encode = jax.jit(model.encode_frames)
+    self._decode = jax.jit(model.decode)
+
+  @classmethod
+  def from_pretrained(cls, path: str | os.PathLike | None = None, *, depth_estimator: Any = None,
+                      progress: bool = True) -> VideoEditPipeline:
+    """From a checkpoint directory (`vidjax convert ...`); None = the embedded toy checkpoint.
+
+    `depth_estimator` may also be a converted DPT directory or a transformers DPT folder.
+    """
+    if path is None:
+      if not os.path.isfile(os.path.join(EMBEDDED_CHECKPOINT, "config.json")):
+        raise ConfigError(EMBEDDED_CHECKPOINT, "the embedded toy checkpoint is missing from this install",
+                          "reinstall vidjax from its repository, or pass a checkpoint directory")
+      path = EMBEDDED_CHECKPOINT
+    if isinstance(depth_estimator, (str, os.PathLike)):
+      depth_estimator = _load_depth_estimator(os.fspath(depth_estimator))
+    return cls(load_model_dir(path), depth_estimator=depth_estimator, progress=progress)
+
+  # -- facts about the model ---------------------------------------------------------------------
+
+  @property
+  def trained_frames(self) -> int:
+    """The clip length the model was trained on (0 if the checkpoint does not say)."""
+    return int(self.model_dir.video.get("num_frames") or 0)
+
+  @property
+  def max_temporal_window(self) -> int | None:
+    """The largest L_M the block-wise causal attention represents exactly (None: no causal attention)."""
+    unet = self.model.config.unet
+    if not (unet.temporal_attention and unet.temporal_causal and unet.temporal_relative_position):
+      return None
+    return unet.temporal_relative_position + 1
+
+  @property
+  def size_multiple(self) -> int:
+    """Frame sides must be multiples of this: the VAE factor times the UNet's downsampling."""
+    return self.model.config.vae.downsample_factor * 2 ** (len(self.model.config.unet.block_out_channels) - 1)
+
+  @property
+  def sampler_traces(self) -> int:
+    """How many times a sampling loop was traced (compiled) so far."""
+    return sum(s.traces for s in self._samplers.values())
+
+  # -- the edit ----------------------------------------------------------------------------------
+
+  def __call__(self, video: Any = None, *, depth: Any = None, prompt: str | None = None, image: Any = None,
+               negative_prompt: str = "", structure_fidelity: int = 0, guidance_scale: float = 5.0,
+               temporal_guidance: float = 1.0, num_inference_steps: int = 25, eta: float = 0.0, seed: int = 0,
+               strength: float = 1.0, mask: Any = None, num_frames: int | None = None, stride: int = 1,
+               start_sec: float = 0.0, height: int | None = None, width: int | None = None,
+               max_side: int | None = None, temporal_window: int | None = None,
+               progress: bool | None = None) -> EditResult:
+    """Edits one clip.
+
+    Args:
+      video: path or uint8 (T, H, W, 3) frames; its depth is estimated unless `depth` is given.
+      depth: path (.npy or a grayscale video, white = near) or array (T, H, W) of inverse depth:
+        the structure to follow (with `video`, it replaces the estimate).
+      prompt / image: the content: a prompt for text models, a content image (path or uint8 array)
+        for image-embedding models; negative_prompt replaces the empty prompt in guidance.
+      structure_fidelity: t_s, an int within the range the checkpoint was trained on.
+      guidance_scale: omega (>= 0); temporal_guidance: omega_t (>= 0; 1 = plain CFG).
+      num_inference_steps, eta, seed: DDIM settings and the noise seed.
+      strength: SDEdit strength in (0, 1]; below 1 starts from the noised source video.
+      mask: keep the source where True (H, W) or (T, H, W), at the input's size; needs `video`.
+      num_frames, stride, start_sec: which frames (default: the trained clip length, or all the
+        frames of a depth array); more than the trained length runs through the causal window.
+      height, width: an exact output size (multiples of `size_multiple`); else the input is scaled
+        to `max_side` (default: the trained size, else 512) and centre-cropped to multiples.
+      temporal_window: L_M for causal models, 1 <= L_M <= max_temporal_window (default: the
+        checkpoint's, else the trained clip length).
+      progress: show the progress bar (default: the pipeline's setting).
+    Returns:
+      EditResult.
+    Raises:
+      InputError / ConfigError naming the input, the problem and the fix; nothing runs before all
+      inputs are checked.
+    """
+    settings = self._check_settings(
+        video=video, depth=depth, prompt=prompt, image=image, negative_prompt=negative_prompt,
+        structure_fidelity=structure_fidelity, guidance_scale=guidance_scale, temporal_guidance=temporal_guidance,
+        num_inference_steps=num_inference_steps, eta=eta, seed=seed, strength=strength, mask=mask,
+        num_frames=num_frames, stride=stride, start_sec=start_sec, height=height, width=width, max_side=max_side,
+        temporal_window=temporal_window)
+    show = self.progress if progress is None else progress
+    bar = _progress_bar(show)
+    timings, notes = {}, []
+    clock = time.perf_counter()
+
+    def done(stage: str, value: Any = None) -> Any:
+      nonlocal clock
+      jax.block_until_ready(value)
+      now = time.perf_counter()
+      timings[stage] = timings.get(stage, 0.0) + now - clock
+      clock = now
+      bar.update(1)
+      bar.set_postfix_str(stage)
+      return value
+
+    frames, raw_depth, keep, content_image = self._read_inputs(settings, notes)
+    t = len(frames) if frames is not None else len(raw_depth)
+    self._check_length(t, settings)
+    done("inputs")
+    if raw_depth is None and self.depth_estimator is not None:
+      raw_depth = np.asarray(self.depth_estimator(frames))
+    elif raw_depth is None:
+      # No estimator to run offline: brightness as nearness keeps the layout of edges, nothing more.
+      notes.append("this checkpoint bundles no depth estimator: depth was approximated by brightness (bright = "
+                   "near); pass depth= (array, .npy or depth video) or depth_estimator= a DPT folder for real depth")
+      raw_depth = edit_inputs.read_depth_input(frames.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114],
+                                                                                      np.float32),
+                                               num_frames=None, stride=1, start_sec=0.0)
+    used_depth = np.asarray(structure_lib.augment_structure(raw_depth, int(settings["structure_fidelity"])))
+    done("depth", used_depth)
+
+    hw = used_depth.shape[1:]
+    factor = self.model.config.vae.downsample_factor
+    latent_hw = (hw[0] // factor, hw[1] // factor)
+    unet_depth = jnp.asarray(structure_lib.normalize_depth(used_depth))[None, ..., None]  # (1, T, H, W, 1) in [-1, 1]
+    fidelity = jnp.full((1,), settings["structure_fidelity"], jnp.int32)
+    cond = self._structure(self.params, unet_depth, fidelity, latent_hw)
+    context, null_context = self._encode_content(settings, content_image)
+    source_latents = None
+    if frames is not None and (keep is not None or settings["strength"] < 1.0):
+      source_latents = self._encode(self.params, jnp.asarray(frames, jnp.float32)[None] / 127.5 - 1.0)
+    done("encode", (cond, context, null_context, source_latents))
+
+    latents = self._sample(settings, cond, context, null_context, source_latents, keep, latent_hw, t)
+    done("sampling", latents)
+    video_out = self._decode(self.params, latents)[0]
+    out = np.asarray(jnp.clip((video_out + 1.0) * 127.5, 0, 255).round().astype(jnp.uint8))
+    done("decode", out)
+    bar.close()
+    for note in notes:
+      warnings.warn(note, stacklevel=2)
+    depth_source = _describe(depth) if depth is not None else (
+        "estimated" if self.depth_estimator is not None else "brightness")
+    settings = {**settings, "video": _describe(video), "depth": depth_source, "image": _describe(image),
+                "mask": _describe(mask), "num_frames": t, "height": hw[0], "width": hw[1],
+                "checkpoint": os.path.abspath(self.model_dir.path), "vidjax_version": vidjax.__version__,
+                "warnings": notes}
+    return EditResult(frames=out, depth=used_depth.astype(np.float32), source=frames, settings=settings,
+                      timings=timings)
+
+  # -- steps -------------------------------------------------------------------------------------
+
+  def _check_settings(self, **s) -> dict[str, Any]:
+    """Checks every setting that needs no file reading; returns them with defaults resolved."""
+    config = self.model.config
+    if s["video"] is None and s["depth"] is None:
+      raise InputError("video / depth", "neither was given", "pass a video to edit, or a depth sequence to follow")
+    if config.content == "text":
+      if s["image"] is not None:
+        raise InputError("image", "a content image was given, but this model is conditioned on text",
+                         "pass prompt= instead (this checkpoint has no CLIP image tower)")
+      if s["prompt"] is None or not isinstance(s["prompt"], str):
+        raise InputError("prompt", "missing (this model is conditioned on text)", "pass prompt='...'")
+    else:
+      if s["prompt"] is not None or s["negative_prompt"]:
+        raise InputError("prompt", "a prompt was given, but this model is conditioned on CLIP image embeddings",
+                         "pass image= a content image instead (or use a text-conditioned checkpoint)")
+      if s["image"] is None:
+        raise InputError("image", "missing (this model is conditioned on an image embedding)",
+                         "pass image= a content image path or uint8 array")
+    low, high = self.model_dir.structure_fidelity_range
+    _check_int("structure_fidelity", s["structure_fidelity"], low, high,
+               f"this checkpoint was trained with t_s in [{low}, {high}]; pass a value in that range")
+    _check_number("guidance_scale", s["guidance_scale"], 0.0, None, "pass omega >= 0 (1 = no guidance)")
+    _check_number("temporal_guidance", s["temporal_guidance"], 0.0, None,
+                  "pass omega_t >= 0 (1 = off, > 1 = smoother, < 1 = more per-frame detail)")
+    _check_int("num_inference_steps", s["num_inference_steps"], 1, config.num_train_timesteps,
+               f"pass 1 .. {config.num_train_timesteps} steps")
+    _check_number("eta", s["eta"], 0.0, 1.0, "pass eta in [0, 1] (0 = deterministic DDIM)")
+    _check_int("seed", s["seed"], 0, 2 ** 63 - 1, "pass a non-negative integer seed")
+    _check_number("strength", s["strength"], 0.0, 1.0, "pass strength in (0, 1] (1 = start from pure noise)")
+    if s["strength"] <= 0:
+      raise InputError("strength", f"{s['strength']} leaves nothing to denoise", "pass strength in (0, 1]")
+    if s["video"] is None and (s["strength"] < 1.0 or s["mask"] is not None):
+      raise InputError("strength / mask", "SDEdit and masked editing need the source video, but only depth was given",
+                       "pass video= too, or strength=1 and no mask")
+    _check_int("stride", s["stride"], 1, None, "pass stride >= 1")
+    _check_number("start_sec", s["start_sec"], 0.0, None, "pass start_sec >= 0")
+    if s["num_frames"] is not None:
+      _check_int("num_frames", s["num_frames"], 1, None, "pass num_frames >= 1")
+    if s["video"] is not None and s["num_frames"] is None:
+      s["num_frames"] = self.trained_frames or None
+    if (s["height"] is None) != (s["width"] is None):
+      raise InputError("height / width", "only one was given", "pass both, or neither to keep the aspect ratio")
+    m = self.size_multiple
+    if s["height"] is not None:
+      for name in ("height", "width"):
+        _check_int(name, s[name], m, None, f"pass a multiple of {m}")
+        if s[name] % m:
+          raise InputError(name, f"{s[name]} is not a multiple of {m}", f"pass a multiple of {m} (the model's size "
+                           "factor), or leave height and width unset to fit the input automatically")
+    elif s["max_side"] is None:
+      s["max_side"] = max(self.model_dir.video.get("size") or [512])
+    else:
+      _check_int("max_side", s["max_side"], m, None, f"pass max_side >= {m}")
+    window = s["temporal_window"]
+    limit = self.max_temporal_window
+    if window is not None and limit is None:
+      raise InputError("temporal_window", f"L_M = {window}, but this model has no causal temporal attention",
+                       "leave temporal_window unset")
+    if limit is not None:
+      if window is None:
+        window = self.model_dir.video.get("temporal_window") or self.trained_frames or limit
+      _check_int("temporal_window", window, 1, limit,
+                 f"pass 1 <= L_M <= {limit} (the relative-position range of this model's temporal attention + 1)")
+      s["temporal_window"] = min(int(window), limit)
+    return s
+
+  def _read_inputs(self, s: dict[str, Any], notes: list[str]):
+    """-> frames uint8 (T, H, W, 3) | None, depth float32 (T, H, W) | None, keep bool (T|1, H, W) | None, image."""
+    frames = depth = keep = None
+    select = dict(num_frames=s["num_frames"], stride=s["stride"], start_sec=s["start_sec"])
+    if s["video"] is not None:
+      frames = edit_inputs.read_video_input(s["video"], **select)
+    if s["depth"] is not None:  # selected as the video's frames are
+      depth = edit_inputs.read_depth_input(s["depth"], **select)
+      if frames is not None and len(depth) != len(frames):
+        raise InputError("depth", f"has {len(depth)} frames for a {len(frames)}-frame video",
+                         "pass one depth map per selected video frame")
+    source_hw = (frames if frames is not None else depth).shape[1:3]
+    if s["mask"] is not None:
+      keep = edit_inputs.read_mask_input(s["mask"], num_frames=len(frames), size=source_hw)
+    content_image = edit_inputs.read_image_input(s["image"]) if s["image"] is not None else None
+    # One geometry for frames, depth and mask: scale and centre-crop to the model's size multiple.
+    m = self.size_multiple
+    if s["height"] is not None:
+      target = (s["height"], s["width"])
+      scaled = edit_inputs.scaled_size(source_hw, target, None)
+      if frames is not None:
+        frames = video_io.resize_center_crop(frames, *target)
+      if tuple(source_hw) != target:
+        notes.append(f"input resized and centre-cropped from {source_hw[1]}x{source_hw[0]} to {target[1]}x{target[0]}")
+    else:
+      scaled = edit_inputs.scaled_size(source_hw, source_hw, s["max_side"])
+      target = (scaled[0] // m * m, scaled[1] // m * m)
+      if min(target) < m:
+        raise InputError(f"input of {source_hw[1]}x{source_hw[0]}", f"is too small for this model's size multiple {m}",
+                         f"use frames of at least {m}x{m}")
+      if frames is not None:
+        frames, message = video_io.fit_to_multiple(frames, m, s["max_side"])
+        if message:
+          notes.append(message)
+      elif tuple(target) != tuple(source_hw):
+        notes.append(f"depth changed from {source_hw[1]}x{source_hw[0]} to {target[1]}x{target[0]}: sides must be "
+                     f"multiples of {m} and at most {s['max_side']}")
+    if depth is not None:
+      depth = np.clip(edit_inputs.fit_maps(depth, scaled, target), 0.0, 1.0)
+    if keep is not None:
+      keep = edit_inputs.fit_maps(keep.astype(np.float32), scaled, target) > 0.5
+    return frames, depth, keep, content_image
+
+  def _check_length(self, t: int, s: dict[str, Any]) -> None:
+    trained = self.trained_frames
+    if trained and t > trained and self.max_temporal_window is None:
+      raise InputError(f"{t} frames", f"more than the {trained} this model was trained on, and it has no causal "
+                       "temporal window to slide", f"pass num_frames <= {trained}")
+    max_frames = self.model.config.unet.temporal_max_frames
+    if max_frames and t > max_frames:
+      raise InputError(f"{t} frames", f"more than the model's {max_frames} frame-index embeddings",
+                       f"pass num_frames <= {max_frames}")
+
+  def _encode_content(self, s: dict[str, Any], image: np.ndarray | None) -> tuple[jax.Array, jax.Array]:
+    if self.model.config.content == "text":
+      tokens = self.model_dir.tokenizer([s["prompt"], s["negative_prompt"]])
+      both = self._content(self.params, jnp.asarray(tokens), None)
+      return both[:1], both[1:]
+    from vidjax.models.clip import encode_image, preprocess_images
+
+    config = self.model.config.image_encoder
+    pixels = preprocess_images(image[None], config.image_size)
+    embeds = encode_image(config, self.model_dir.params["image_encoder"], pixels)["image_embeds"]
+    return self._content(self.params, None, embeds), self.model.null_content(self.params, 1)
+
+  def _sampler(self, steps: int, temporal: bool) -> Sampler:
+    scheduler = self.model_dir.scheduler
+    config = SamplingConfig(num_inference_steps=steps, prediction_type=self.model.config.prediction_type,
+                            spacing=scheduler.get("timestep_spacing", "leading"),
+                            steps_offset=int(scheduler.get("steps_offset", 1)),
+                            set_alpha_to_one=bool(scheduler.get("set_alpha_to_one", False)),
+                            temporal_guidance=temporal)
+    if config not in self._samplers:
+      self._samplers[config] = Sampler(self.model.unet, self.model.schedule, config)
+    return self._samplers[config]
+
+  def _sample(self, s, cond, context, null_context, source_latents, keep, latent_hw, t) -> jax.Array:
+    shape = (1, t, *latent_hw, self.model.config.vae.latent_channels)
+    noise_key, step_key = jax.random.split(jax.random.key(s["seed"]))
+    sampler = self._sampler(s["num_inference_steps"], s["temporal_guidance"] != 1.0)
+    keep_mask = None
+    if keep is not None:
+      keep_mask = jnp.asarray(_latent_mask(keep, t, latent_hw))[None]
+    sdedit = s["strength"] < 1.0
+    return sampler(self.params["unet"], jax.random.normal(noise_key, shape), context, null_context, structure=cond,
+                   rng=step_key, guidance_scale=s["guidance_scale"], temporal_scale=s["temporal_guidance"],
+                   eta=s["eta"], temporal_window=s["temporal_window"],
+                   init_latents=source_latents if sdedit else None, strength=s["strength"] if sdedit else 1.0,
+                   keep_mask=keep_mask, source_latents=source_latents if keep is not None else None)
+
+
+def _latent_mask(keep: np.ndarray, t: int, latent_hw: tuple[int, int]) -> np.ndarray:
+  """bool (T|1, H, W) -> float32 (T, h, w, 1): a latent cell is kept where most of its pixels are."""
+  n, h, w = keep.shape
+  fh, fw = h // latent_hw[0], w // latent_hw[1]
+  cells = keep.reshape(n, latent_hw[0], fh, latent_hw[1], fw).mean(axis=(2, 4)) >= 0.5
+  return np.broadcast_to(cells, (t, *latent_hw))[..., None].astype(np.float32)
+
+
+def _check_number(name: str, value: Any, low: float | None, high: float | None, fix: str) -> None:
+  ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and np.isfinite(value)
+  if not ok or (low is not None and value < low) or (high is not None and value > high):
+    bounds = f"[{low}, {'inf' if high is None else high}]"
+    raise InputError(name, f"{value!r} is outside {bounds}", fix)
+
+
+def _check_int(name: str, value: Any, low: int | None, high: int | None, fix: str) -> None:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+    raise InputError(name, f"{value!r} is not an integer", fix)
+  _check_number(name, int(value), low, high, fix)
+
+
+def _describe(value: Any) -> Any:
+  """A JSON-able stand-in for an input: a path as given, an array by shape and dtype."""
+  if value is None or isinstance(value, (str, int, float)):
+    return value
+  if isinstance(value, os.PathLike):
+    return os.fspath(value)
+  array = np.asarray(value)
+  return f"array {array.dtype} {list(array.shape)}"
+
+
+def _progress_bar(enabled: bool):
+  from tqdm.auto import tqdm
+  return tqdm(total=len(STAGES), desc="vidjax edit", unit="stage", disable=not enabled, leave=False)
+
+
+def _load_depth_estimator(path: str):
+  from vidjax.convert import pretrained
+  from vidjax.models.depth import DepthEstimator
+
+  if os.path.isfile(os.path.join(path, pretrained.CONFIG_FILE)) and "depth_estimator" in pretrained.read_manifest(
+      path)["components"]:
+    config, params = pretrained.load_pretrained(path, ("depth_estimator",))["depth_estimator"]
+    return DepthEstimator(config, params, **pretrained.read_manifest(path).get("depth_estimator_kwargs", {}))
+  return DepthEstimator.from_pretrained(path)
