@@ -1,0 +1,1 @@
+"""Evaluation: metrics, benchmarks and report entry points for trained vidjax models."""
