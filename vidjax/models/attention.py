@@ -5,6 +5,8 @@ Every attention in vidjax (spatial, temporal, cross, VAE, CLIP, DPT) goes throug
 and the portable default; plain einsums in heads-first layout) or 'cudnn' (GPU flash attention through
 `jax.nn.dot_product_attention`, for bf16/fp16 spatial attention; it must be asked for explicitly).
 Masks (the causal window L_M) and additive biases (relative positions) go through the same function.
+Long causal windows run block-local (`CausalBand`): the callers reshape around that one function, so
+memory grows linearly with the sequence length instead of quadratically.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -59,10 +62,67 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax
   return jnp.swapaxes(out, 1, 2)
 
 
-def relative_position_index(length_q: int, length_k: int, max_distance: int) -> jax.Array:
-  """(Lq, Lk) int32 index into a (2 * max_distance + 1)-row table of clipped distances k - q."""
-  distance = jnp.arange(length_k)[None, :] - jnp.arange(length_q)[:, None]
+def relative_position_index(length_q: int, length_k: int, max_distance: int, key_start: int = 0) -> jax.Array:
+  """(Lq, Lk) int32 index into a (2 * max_distance + 1)-row table of clipped distances k - q.
+
+  Query q sits at position q, key k at position key_start + k (a band's keys start one block early).
+  """
+  distance = key_start + jnp.arange(length_k)[None, :] - jnp.arange(length_q)[:, None]
   return jnp.clip(distance, -max_distance, max_distance) + max_distance
+
+
+@flax.struct.dataclass
+class CausalBand:
+  """Block-local causal self-attention: position i sees positions j with i - window < j <= i.
+
+  The L positions are cut into blocks of `block` (zero-padded at the end up to a multiple); the
+  queries of block j attend to the 2 * block keys of blocks j - 1 and j only, so the logits are
+  (B * blocks, N, block, 2 * block): memory linear in L where a (L, L) mask is quadratic. This equals
+  full masked attention for window <= block + 1, the farthest reach the first query of a block has;
+  the mask clamps larger windows to block + 1 so that every query gets the same. Make-Your-Video's
+  temporal attention takes block = the relative-position clip distance C, the farthest distance its
+  embeddings tell apart; callers (the edit pipeline) validate L_M. Padded positions lie in the
+  future of every real query, so the mask hides them and their outputs are dropped.
+  """
+
+  window: jax.Array | int  # () int L_M; traced, so a new window does not recompile
+  block: int = flax.struct.field(pytree_node=False)
+
+  def _blocks(self, x: jax.Array) -> jax.Array:
+    """(B, L, ...) -> (B, blocks, block, ...), zero-padded at the end of L."""
+    b, length = x.shape[:2]
+    blocks = -(-length // self.block)
+    x = jnp.pad(x, ((0, 0), (0, blocks * self.block - length)) + ((0, 0),) * (x.ndim - 2))
+    return x.reshape((b, blocks, self.block) + x.shape[2:])
+
+  def queries(self, x: jax.Array) -> jax.Array:
+    """(B, L, ...) -> (B * blocks, block, ...): each block's queries."""
+    blocks = self._blocks(x)
+    return blocks.reshape((-1,) + blocks.shape[2:])
+
+  def keys(self, x: jax.Array) -> jax.Array:
+    """(B, L, ...) -> (B * blocks, 2 * block, ...): each block's keys, preceded by the previous block's."""
+    blocks = self._blocks(x)
+    previous = jnp.pad(blocks[:, :-1], ((0, 0), (1, 0)) + ((0, 0),) * (blocks.ndim - 2))
+    both = jnp.concatenate([previous, blocks], axis=2)
+    return both.reshape((-1,) + both.shape[2:])
+
+  def mask(self, batch: int, length: int) -> jax.Array:
+    """(B * blocks, 1, block, 2 * block) bool from absolute positions: causal, within the window, not before 0."""
+    blocks = -(-length // self.block)
+    start = self.block * jnp.arange(blocks)[:, None, None]
+    query = start + jnp.arange(self.block)[None, :, None]
+    key = start - self.block + jnp.arange(2 * self.block)[None, None, :]
+    # Later queries of a block could reach up to 2 block - 1 back; clamping keeps one window for all.
+    window = jnp.minimum(self.window, self.block + 1)
+    mask = (key <= query) & (query - key < window) & (key >= 0)
+    return jnp.broadcast_to(mask, (batch,) + mask.shape).reshape((batch * blocks, 1) + mask.shape[1:])
+
+  def merge(self, x: jax.Array, length: int) -> jax.Array:
+    """(B * blocks, block, ...) -> (B, L, ...): the inverse of `queries`, padding dropped."""
+    blocks = -(-length // self.block)
+    x = x.reshape((-1, blocks * self.block) + x.shape[2:])
+    return x[:, :length]
 
 
 class Attention(nn.Module):
@@ -82,27 +142,41 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask: jax.Array | None = None) -> jax.Array:
-    """x: (B, Lq, C); context: (B, Lk, D) or None for self-attention; mask as in dot_product_attention."""
+  def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask: jax.Array | None = None,
+               band: CausalBand | None = None) -> jax.Array:
+    """x: (B, Lq, C); context: (B, Lk, D) or None for self-attention; returns (B, Lq, out_features).
+
+    mask as in dot_product_attention; or `band`: block-local causal self-attention (its own mask).
+    """
+    if band is not None and (context is not None or mask is not None):
+      raise ValueError("a CausalBand is self-attention with its own mask: pass no context and no mask")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     inner = self.heads * self.head_dim
+    batch, length = x.shape[:2]
     context = x if context is None else context
     split = lambda t: t.reshape(t.shape[:2] + (self.heads, self.head_dim))
     q = split(layers.dense(inner, names=("embed", "heads"), use_bias=self.qkv_bias, name="to_q", **kw)(x))
     k = split(layers.dense(inner, names=("embed", "heads"), use_bias=self.qkv_bias, name="to_k", **kw)(context))
     v = split(layers.dense(inner, names=("embed", "heads"), use_bias=self.qkv_bias, name="to_v", **kw)(context))
+    key_start = 0
+    if band is not None:  # blocks fold into the batch: q (B*blocks, block, N, H), k and v (B*blocks, 2 block, N, H)
+      q, k, v = band.queries(q), band.keys(k), band.keys(v)
+      mask, key_start = band.mask(batch, length), -band.block
     bias = relative_values = None
     if self.relative_position:
       rows = 2 * self.relative_position + 1
       table_init = layers.partitioned(nn.initializers.xavier_uniform(), (None, None))
       table_k = self.param("relative_position_k", table_init, (rows, self.head_dim), self.param_dtype)
       table_v = self.param("relative_position_v", table_init, (rows, self.head_dim), self.param_dtype)
-      index = relative_position_index(q.shape[1], k.shape[1], self.relative_position)
+      # Distances depend only on (query offset, key slot), so a band's (block, 2 block, H) tables serve every block.
+      index = relative_position_index(q.shape[1], k.shape[1], self.relative_position, key_start)
       scale = 1.0 / jnp.sqrt(jnp.float32(self.head_dim))
       bias = jnp.einsum("bqnh,qkh->bnqk", q, table_k[index].astype(q.dtype)) * scale.astype(q.dtype)
       relative_values = table_v[index]
     out = dot_product_attention(q, k, v, bias=bias, mask=mask, relative_values=relative_values,
                                 backend=self.backend)
+    if band is not None:
+      out = band.merge(out, length)
     out = out.reshape(out.shape[:2] + (inner,))
     return layers.dense(self.out_features or x.shape[-1], names=("heads", "embed"), name="to_out_0", **kw)(out)
 
@@ -140,7 +214,7 @@ class TransformerBlock(nn.Module):
   """LN -> self-attn -> LN -> attn2 -> LN -> GEGLU FF, each residual (diffusers BasicTransformerBlock).
 
   attn2 attends to `context` (cross-attention) when `cross_attention`, else it is a second
-  self-attention that also takes the mask (Make-Your-Video's temporal blocks).
+  self-attention that also takes the mask or band (Make-Your-Video's temporal blocks).
   """
 
   heads: int
@@ -152,17 +226,18 @@ class TransformerBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask: jax.Array | None = None) -> jax.Array:
-    """x: (B, L, C); context: (B, Lc, D); returns (B, L, C)."""
+  def __call__(self, x: jax.Array, context: jax.Array | None = None, *, mask: jax.Array | None = None,
+               band: CausalBand | None = None) -> jax.Array:
+    """x: (B, L, C); context: (B, Lc, D); mask or band for the self-attention(s); returns (B, L, C)."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     attn = dict(heads=self.heads, head_dim=self.head_dim, relative_position=self.relative_position,
                 backend=self.backend, **kw)
-    x = x + Attention(name="attn1", **attn)(layers.layer_norm(name="norm1", **kw)(x), mask=mask)
+    x = x + Attention(name="attn1", **attn)(layers.layer_norm(name="norm1", **kw)(x), mask=mask, band=band)
     h = layers.layer_norm(name="norm2", **kw)(x)
     if self.cross_attention:
       x = x + Attention(name="attn2", **{**attn, "relative_position": 0})(h, context)
     else:
-      x = x + Attention(name="attn2", **attn)(h, mask=mask)
+      x = x + Attention(name="attn2", **attn)(h, mask=mask, band=band)
     return x + FeedForward(name="ff", **kw)(layers.layer_norm(name="norm3", **kw)(x))
 
 

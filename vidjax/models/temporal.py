@@ -13,7 +13,9 @@ Variants:
   * 'pseudo3d' (Make-Your-Video STRB): after each res block, GN-SiLU-conv stages alternating temporal
     (3,1,1) and spatial (1,3,3) kernels, replicate-padded in time, the last one zero-initialised;
   * TemporalTransformer: self-attention along T per pixel, with learned frame-index position
-    embeddings (Gen-1) and/or relative positions and a causal window mask (Make-Your-Video).
+    embeddings (Gen-1) and/or relative positions and a causal window mask (Make-Your-Video). Clips
+    longer than the relative-position distance C attend block by block (`CausalBand`): memory
+    linear in T, so long videos fit.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 
 from vidjax.errors import ConfigError
 from vidjax.models import layers
-from vidjax.models.attention import TransformerBlock
+from vidjax.models.attention import CausalBand, TransformerBlock
 
 Dtype = Any
 
@@ -120,6 +122,11 @@ class TemporalTransformer(nn.Module):
   GroupNorm (eps 1e-6, over T, H, W) -> proj_in -> [+ frame-index embeddings] -> `depth` blocks of two
   self-attentions (relative positions and the causal window mask in both, as Make-Your-Video's
   temporal blocks) and a GEGLU FF -> proj_out (zero-initialised).
+
+  A causal window L_M over T > C frames (C = relative_position) runs as a `CausalBand` of C-frame
+  blocks: logits (B*H*W*T/C, N, C, 2C) instead of (B*H*W, N, T, T). That is exact for L_M <= C + 1
+  and treats a larger L_M as C + 1; the whole past (window None) and clips of at most C frames take
+  one (T, T) mask.
   """
 
   heads: int
@@ -129,12 +136,14 @@ class TemporalTransformer(nn.Module):
   relative_position: int = 0  # max clipped distance; 0 = none (Make-Your-Video: 16)
   max_frames: int = 0  # learned frame-index position embeddings for up to this many frames; 0 = none (Gen-1: 8+)
   causal: bool = False
+  block_local: bool = True  # False: always one (T, T) mask, quadratic in T (the reference the band is tested on)
   backend: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, window: jax.Array | int | None = None) -> jax.Array:
+    """x: (B, T, H, W, C); window: causal L_M (traced), None = the whole past. Returns (B, T, H, W, C)."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, t, h, w, c = x.shape
     inner = self.heads * self.head_dim
@@ -149,9 +158,14 @@ class TemporalTransformer(nn.Module):
                          layers.partitioned(nn.initializers.normal(0.02), (None, "mlp")),
                          (self.max_frames, inner), self.param_dtype)
       y = y + table[:t].astype(y.dtype)
-    mask = causal_window_mask(t, window) if self.causal else None
+    mask = band = None
+    banded = self.block_local and self.relative_position and window is not None and t > self.relative_position
+    if self.causal and banded:
+      band = CausalBand(window=window, block=self.relative_position)
+    elif self.causal:
+      mask = causal_window_mask(t, window)
     for i in range(self.depth):
       y = TransformerBlock(self.heads, self.head_dim, cross_attention=False, relative_position=self.relative_position,
-                           backend=self.backend, name=f"transformer_blocks_{i}", **kw)(y, mask=mask)
+                           backend=self.backend, name=f"transformer_blocks_{i}", **kw)(y, mask=mask, band=band)
     y = layers.dense(c, names=("mlp", "embed"), zero_init=True, name="proj_out", **kw)(y)
     return jnp.transpose(y.reshape(b, h, w, t, c), (0, 3, 1, 2, 4))
