@@ -15,6 +15,10 @@ from vidjax.errors import EXIT_ERROR, VidjaxError
 # name -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vidjax.train.main", "train a model from a config file (resumes in the same workdir)"),
+    "edit": ("vidjax.pipelines.edit_cli",
+             "edit a video: keep its depth structure, change its content by a prompt or image"),
+    "eval-toy-edit": ("vidjax.eval.toy_edit",
+                      "score a checkpoint's recolouring edits of held-out toy clips (IoU, colour, consistency)"),
     "convert": ("vidjax.convert.cli", "convert diffusers / HF / Make-Your-Video checkpoints to vidjax"),
     "build-shards": ("data_pipelines.build_shards",
                      "build ArrayRecord video shards (toy world, a video folder with captions, or TFDS)"),

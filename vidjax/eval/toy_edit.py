@@ -21,7 +21,7 @@ Metrics, on an output video uint8 (T, H, W, 3) of the case's size (colours compa
   frame_consistency: mean |frame[t+1] - frame[t]| of the output over that of the target render;
     1.0 is as smooth as the ideal, > 1 flickers, < 1 moves less than the scene (e.g. frozen).
 
-Scores of a VideoEditPipeline checkpoint: `python -m vidjax.eval.toy_edit --checkpoint DIR`.
+Scores of a VideoEditPipeline checkpoint: `vidjax eval-toy-edit [--checkpoint DIR]`.
 """
 
 from __future__ import annotations
@@ -390,8 +390,9 @@ def _to_lab(rgb: np.ndarray) -> np.ndarray:
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m vidjax.eval.toy_edit", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--checkpoint", required=True, help="a VideoEditPipeline checkpoint directory")
+  parser = argparse.ArgumentParser(prog="vidjax eval-toy-edit", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--checkpoint", default=None,
+                      help="a VideoEditPipeline checkpoint directory (default: the embedded toy checkpoint)")
   parser.add_argument("--num_clips", type=int, default=20, help="held-out toy scenes to edit (default 20)")
   parser.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
   parser.add_argument("--guidance_scale", type=float, default=5.0, help="classifier-free guidance (default 5)")

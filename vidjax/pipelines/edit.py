@@ -161,7 +161,7 @@ class VideoEditPipeline:
       InputError / ConfigError naming the input, the problem and the fix; nothing runs before all
       inputs are checked.
     """
-    settings = self._check_settings(
+    settings = self.check_settings(
         video=video, depth=depth, prompt=prompt, image=image, negative_prompt=negative_prompt,
         structure_fidelity=structure_fidelity, guidance_scale=guidance_scale, temporal_guidance=temporal_guidance,
         num_inference_steps=num_inference_steps, eta=eta, seed=seed, strength=strength, mask=mask,
@@ -229,8 +229,9 @@ class VideoEditPipeline:
 
   # -- steps -------------------------------------------------------------------------------------
 
-  def _check_settings(self, **s) -> dict[str, Any]:
-    """Checks every setting that needs no file reading; returns them with defaults resolved."""
+  def check_settings(self, **s) -> dict[str, Any]:
+    """Checks every setting that needs no file reading (all of `__call__`'s keyword arguments but
+    `progress`); returns them with defaults resolved. Raises InputError naming the first bad one."""
     config = self.model.config
     if s["video"] is None and s["depth"] is None:
       raise InputError("video / depth", "neither was given", "pass a video to edit, or a depth sequence to follow")

@@ -23,7 +23,7 @@ from vidjax.errors import InputError
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def _existing(path: str, name: str) -> str:
+def existing_file(path: str, name: str) -> str:
   if not os.path.exists(path):
     raise InputError(path, f"the {name} file does not exist", f"check the path of the {name}")
   if os.path.isdir(path):
@@ -36,7 +36,7 @@ def _existing(path: str, name: str) -> str:
 def read_video_input(video: Any, *, num_frames: int | None, stride: int, start_sec: float) -> np.ndarray:
   """A path or array -> uint8 (T, H, W, 3); `num_frames` None keeps every selected frame."""
   if isinstance(video, (str, os.PathLike)):
-    path = _existing(os.fspath(video), "video")
+    path = existing_file(os.fspath(video), "video")
     return video_io.read_video(path, num_frames=num_frames, stride=stride, start_sec=start_sec)
   frames = np.asarray(video)
   if frames.ndim == 3:  # (T, H, W) grayscale
@@ -57,7 +57,7 @@ def read_depth_input(depth: Any, *, num_frames: int | None, stride: int, start_s
   """An array, .npy or video -> float32 (T, H, W) in [0, 1] (min-max over the clip), 1 = near."""
   name = "depth"
   if isinstance(depth, (str, os.PathLike)):
-    path = _existing(os.fspath(depth), "depth")
+    path = existing_file(os.fspath(depth), "depth")
     name = path
     if path.lower().endswith(".npy"):
       try:
@@ -95,7 +95,7 @@ def read_mask_input(mask: Any, *, num_frames: int, size: tuple[int, int]) -> np.
   """
   name = "mask"
   if isinstance(mask, (str, os.PathLike)):
-    path = _existing(os.fspath(mask), "mask")
+    path = existing_file(os.fspath(mask), "mask")
     name = path
     if path.lower().endswith(_IMAGE_SUFFIXES):
       mask = _read_image(path, "mask").mean(axis=-1)
@@ -126,7 +126,7 @@ def _read_image(path: str, name: str) -> np.ndarray:
 def read_image_input(image: Any) -> np.ndarray:
   """A path or array -> uint8 (H, W, 3)."""
   if isinstance(image, (str, os.PathLike)):
-    return _read_image(_existing(os.fspath(image), "image"), "content image")
+    return _read_image(existing_file(os.fspath(image), "image"), "content image")
   array = np.asarray(image)
   if array.ndim == 2:
     array = np.repeat(array[..., None], 3, axis=-1)
