@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.content_dropout = 0.1  # drop the caption / image embedding for classifier-free guidance
   config.train.structure_dropout = 0.0
   config.train.min_snr_gamma = 0.0  # 0 = off; 5 is the usual value
+  config.train.object_loss_weight = 0.0  # w > 0: object latent cells count 1 + w (needs shards with masks)
   config.train.trainable = ("unet/.*",)  # regexes over '/'-joined param paths
   config.train.nonfinite = "stop"  # 'stop' (message, last good checkpoint intact) | 'skip' the step
 

@@ -72,6 +72,18 @@ def test_batch_spec(data):
   assert np.all(batch["tokens"][:, 0] == 1)  # every caption starts with bos
 
 
+def test_shards_with_masks_give_object_masks_for_videos_and_images(tmp_path, data):
+  assert build_toy_shards(tmp_path / "masked", 4, num_frames=NUM_FRAMES, size=SIZE, extra=("--with_masks",)) == 0
+  config = make_config((str(tmp_path / "masked"), data[1]), image_fraction=0.0)
+  batch = take(config, 1)[0]
+  mask = batch["object_mask"]
+  assert mask.shape == (2, NUM_FRAMES, SIZE, SIZE, 1) and mask.dtype == np.float32
+  assert set(np.unique(mask)) <= {0.0, 1.0} and 0 < mask.mean() < 1
+  image = take(make_config((str(tmp_path / "masked"), data[1]), image_fraction=1.0), 1)[0]
+  assert image["object_mask"].shape == (2 * NUM_FRAMES, 1, SIZE, SIZE, 1)
+  assert "object_mask" not in take(make_config(data, image_fraction=0.0), 1)[0]
+
+
 def test_same_seed_same_order_and_other_seed_differs(data):
   first = take(make_config(data, image_fraction=0.3), 6)
   assert_same_batches(first, take(make_config(data, image_fraction=0.3), 6))

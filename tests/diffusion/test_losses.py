@@ -71,6 +71,23 @@ def test_sample_weights_drop_padded_examples():
   np.testing.assert_allclose(loss, (1.0 + 4.0) / 2, rtol=1e-3)
 
 
+def test_element_weights_give_a_weighted_mean_per_sample():
+  (x0,) = random_arrays(5, X0_SHAPE)
+  # The prediction is off by 1 in the left half of every frame and by 3 in the right half.
+  right = (jnp.arange(X0_SHAPE[3]) >= 3).astype(jnp.float32)[None, None, None, :, None]
+  exact = oracle(x0, "epsilon")
+  predict = lambda z_t, t: exact(z_t, t) + 1.0 + 2.0 * right
+  weights = jnp.broadcast_to(1.0 + 4.0 * right, X0_SHAPE[:-1] + (1,))  # the right half counts 5x
+  loss, metrics = diffusion.diffusion_loss(predict, x0, jax.random.key(2), SCHEDULE, prediction_type="epsilon",
+                                           element_weights=weights)
+  n_left, n_right = 3, X0_SHAPE[3] - 3
+  expected = (n_left * 1.0 + 5.0 * n_right * 9.0) / (n_left + 5.0 * n_right)
+  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+  np.testing.assert_allclose(metrics["mse"], expected, rtol=1e-4)
+  unweighted, _ = diffusion.diffusion_loss(predict, x0, jax.random.key(2), SCHEDULE, prediction_type="epsilon")
+  np.testing.assert_allclose(unweighted, (n_left * 1.0 + n_right * 9.0) / X0_SHAPE[3], rtol=1e-4)
+
+
 def test_loss_jits_and_differentiates():
   (x0,) = random_arrays(3, (2, 3, 4))
 

@@ -25,7 +25,9 @@ def tokenizer_dir(tmp_path_factory):
 
 
 def _setup(tokenizer_dir, **overrides):
-  config = tiny_config.tiny_config(**{"data.tokenizer_dir": tokenizer_dir, **overrides})
+  # The random batches below carry no object masks.
+  config = tiny_config.tiny_config(**{"data.tokenizer_dir": tokenizer_dir, "train.object_loss_weight": 0.0,
+                                      **overrides})
   model = loop.build_model(config)
   rng = jax.random.key(0)
   labels = state_lib.trainable_labels(jax.eval_shape(model.init, rng), config.train.trainable)
@@ -111,3 +113,35 @@ def test_surgery_adding_temporal_layers_and_input_channels_keeps_outputs(tokeniz
   depth = jax.random.normal(jax.random.key(5), (2, 4, 8, 8, 1))  # any values: the new input weights are zero
   out = model.unet.apply({"params": merged}, latents, t, context, depth)
   np.testing.assert_allclose(np.asarray(out), np.asarray(reference), atol=1e-5)
+
+
+def test_object_weights_follow_each_latent_cells_object_coverage():
+  from vidjax.errors import ConfigError
+  from vidjax.train.step import object_weights
+
+  mask = np.zeros((1, 2, 4, 4, 1), np.float32)
+  mask[:, :, :2, :2] = 1.0  # cell (0, 0) is all object
+  mask[:, 1, 2, 2:] = 1.0  # cell (1, 1) of frame 1 is half object
+  weights = np.asarray(object_weights({"object_mask": mask}, (2, 2), 3.0))
+  assert weights.shape == (1, 2, 2, 2, 1)
+  np.testing.assert_allclose(weights[0, 0, ..., 0], [[4.0, 1.0], [1.0, 1.0]])
+  np.testing.assert_allclose(weights[0, 1, ..., 0], [[4.0, 1.0], [1.0, 2.5]])
+  assert object_weights({}, (2, 2), 0.0) is None
+  with pytest.raises(ConfigError, match="object_loss_weight.*with_masks"):
+    object_weights({"frames": mask}, (2, 2), 3.0)
+
+
+def test_vae_loss_pixel_weights_give_a_weighted_mean_of_the_l1_error():
+  from vidjax.models.vae import AutoencoderKL, VAEConfig
+  from vidjax.train.vae_stage import vae_loss
+
+  vae = AutoencoderKL(VAEConfig(block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4))
+  frames = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=-1, maxval=1)
+  params = vae.init(jax.random.key(1), frames)["params"]
+  inside = jnp.zeros((2, 8, 8, 1)).at[:, 2:5, 3:7].set(1.0)  # 24 of 128 pixels
+  loss = lambda weights: float(vae_loss(vae, params, frames, jax.random.key(2), 0.0, weights)[0])
+  # Same rng, same reconstruction: the weighted mean is a mix of the means inside and outside.
+  mean_in, mean_out, unweighted = loss(inside), loss(1.0 - inside), loss(None)
+  np.testing.assert_allclose(loss(jnp.ones_like(inside)), unweighted, rtol=1e-6)
+  np.testing.assert_allclose(unweighted, (24 * mean_in + 104 * mean_out) / 128, rtol=1e-5)
+  np.testing.assert_allclose(loss(1.0 + 9.0 * inside), (240 * mean_in + 104 * mean_out) / 344, rtol=1e-5)

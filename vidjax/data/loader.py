@@ -12,6 +12,7 @@ image_batch_size, default B * T, for an image batch, whose time axis has length 
   depth               float32 (N, T|1, H, W, 1) in [-1, 1], after the t_s blur, min-max per sample
   structure_fidelity  int32 (N,), the paper's t_s, uniform in [min, max] of the config
   tokens              int32 (N, L), the caption's token ids padded to L
+  object_mask         float32 (N, T|1, H, W, 1), 1 on object pixels (only when the shards hold masks)
   is_image            bool, 0-d: True for an image batch
 
 How the stream is made, and why:
@@ -133,7 +134,8 @@ class AssembleBatch(grain.transforms.MapWithIndex):
     examples = [records.decode_example(r, s.fields, where=f"{s.folder} batch {index}")
                 for r in element]
     pixels = "latents" if s.use_latents else "frames"
-    clips = {name: np.stack([e[name] for e in examples]) for name in (pixels, "depth")}
+    names = (pixels, "depth") + (("masks",) if "masks" in s.fields else ())
+    clips = {name: np.stack([e[name] for e in examples]) for name in names}
     captions = [e["caption"] for e in examples]
     rng = np.random.default_rng([s.seed, index, s.process_index + 1])
     is_image = is_image_step(s.seed, index, s.image_fraction)
@@ -144,13 +146,16 @@ class AssembleBatch(grain.transforms.MapWithIndex):
     pixel_values = clips[pixels].astype(np.float32)
     if pixels == "frames":
       pixel_values = pixel_values / 127.5 - 1.0
-    return {
+    batch = {
         pixels: pixel_values,
         "depth": _augment_depth(clips["depth"].astype(np.float32), fidelity),
         "structure_fidelity": fidelity,
         "tokens": tokenize(captions, s.tokenizer_dir, s.max_caption_tokens),
         "is_image": np.asarray(is_image),
     }
+    if "masks" in clips:
+      batch["object_mask"] = (clips["masks"] > 0).astype(np.float32)[..., None]
+    return batch
 
 
 def _image_batch(clips: dict[str, np.ndarray], captions: list[str], size: int,

@@ -39,6 +39,7 @@ def diffusion_loss(
     prediction_type: str,
     min_snr_gamma: float | None = None,
     sample_weights: jax.Array | None = None,
+    element_weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Noises x0 at uniform random timesteps and regresses the model onto the eps or v target.
 
@@ -51,6 +52,9 @@ def diffusion_loss(
     prediction_type: "epsilon" or "v_prediction" (what predict_fn predicts).
     min_snr_gamma: gamma of min-SNR weighting; None trains with uniform weights.
     sample_weights: (N,) non-negative weights, e.g. 0 for padded examples; None weighs all equally.
+    element_weights: positive weights broadcastable to x0 (e.g. (N, T, h, w, 1) to favour object
+      regions); each sample's squared error becomes the weighted mean over its elements, so the
+      loss keeps its scale. None weighs all elements equally.
 
   Returns:
     (loss, metrics): the weighted mean over samples of the per-sample mean squared error, and
@@ -66,7 +70,14 @@ def diffusion_loss(
   noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)
   target = noise if prediction_type == "epsilon" else schedules.v_target(schedule, x0, noise, t)
   prediction = predict_fn(schedules.q_sample(schedule, x0, noise, t), t).astype(jnp.float32)
-  per_sample_mse = jnp.mean(jnp.square(prediction - target), axis=tuple(range(1, x0.ndim)))
+  squared_error = jnp.square(prediction - target)
+  element_axes = tuple(range(1, x0.ndim))
+  if element_weights is None:
+    per_sample_mse = jnp.mean(squared_error, axis=element_axes)
+  else:
+    element_weights = jnp.broadcast_to(element_weights.astype(jnp.float32), x0.shape)
+    per_sample_mse = (jnp.sum(element_weights * squared_error, axis=element_axes)
+                      / jnp.sum(element_weights, axis=element_axes))
   snr_weights = 1.0 if min_snr_gamma is None else min_snr_weight(schedule, t, min_snr_gamma, prediction_type)
   if sample_weights is None:
     sample_weights = jnp.ones((num_samples,), jnp.float32)

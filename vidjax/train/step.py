@@ -7,6 +7,9 @@ One step of the one diffusion loss on a batch from the loader:
   content   caption tokens through the text encoder (or CLIP image embeddings), replaced per sample
             by the unconditional content with probability `content_dropout` (what CFG needs);
   image batches (T = 1, `image_mode`) skip the temporal layers: Gen-1's joint image-video training.
+  weights   with `object_loss_weight` w > 0 (shards built with object masks, e.g. the toy world), each
+            latent cell's squared error counts 1 + w * (the fraction of its pixels on an object), so
+            small objects are not drowned by the background.
 Randomness comes from fold_in(state.rng, step), so a resumed run draws the same numbers. A
 non-finite loss or gradient either leaves the state unchanged (`nonfinite='skip'`) or is reported
 in the metrics for the loop to stop on (`'stop'`).
@@ -22,6 +25,7 @@ import ml_collections
 import optax
 
 from vidjax import diffusion
+from vidjax.errors import ConfigError
 from vidjax.models.video_model import VideoDiffusionModel
 from vidjax.train.state import TrainState
 
@@ -55,6 +59,7 @@ def make_train_step(model: VideoDiffusionModel, tx: optax.GradientTransformation
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     cond_key, loss_key = jax.random.split(rng)
     latents, structure, content = conditioning(state.params, batch, cond_key)
+    element_weights = object_weights(batch, latents.shape[2:4], config.get("object_loss_weight", 0.0))
 
     def loss_fn(params):
       context = model.encode_content(params, **content)
@@ -62,7 +67,8 @@ def make_train_step(model: VideoDiffusionModel, tx: optax.GradientTransformation
                                                 image_mode=image_mode)
       return diffusion.diffusion_loss(predict, latents, loss_key, model.schedule,
                                       prediction_type=model.config.prediction_type,
-                                      min_snr_gamma=config.min_snr_gamma or None)
+                                      min_snr_gamma=config.min_snr_gamma or None,
+                                      element_weights=element_weights)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(jax.tree_util.tree_map(lambda g, m: g if m else jnp.zeros_like(g), grads, train_mask))
@@ -78,3 +84,22 @@ def make_train_step(model: VideoDiffusionModel, tx: optax.GradientTransformation
     return new_state, dict(metrics, grad_norm=grad_norm, finite=finite)
 
   return train_step
+
+
+def object_weights(batch: Batch, latent_hw: tuple[int, int], weight: float,
+                   setting: str = "train.object_loss_weight") -> jax.Array | None:
+  """(N, T, h, w, 1) loss weights 1 + weight * object coverage per cell, or None when weight is 0.
+
+  batch["object_mask"] is (N, T, H, W, 1) in {0, 1}; H and W are multiples of h and w (the VAE
+  factor for latents; h, w = H, W weighs pixels). `setting` names the config field in errors.
+  """
+  if not weight:
+    return None
+  if "object_mask" not in batch:
+    raise ConfigError(setting, f"is {weight}, but the batches hold no object masks",
+                      "build the shards with --with_masks (toy: data.build.with_masks=True), or set it to 0")
+  mask = batch["object_mask"]
+  n, t, height, width, _ = mask.shape
+  h, w = latent_hw
+  coverage = mask.reshape(n, t, h, height // h, w, width // w, 1).mean(axis=(3, 5))
+  return 1.0 + weight * coverage

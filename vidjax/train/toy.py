@@ -37,7 +37,8 @@ def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> None:
         "--source", build.source, "--num_examples", str(build.num_examples), "--seed", str(build.seed),
         "--num_frames", str(build.num_frames), "--stride", str(build.stride), "--height", str(build.size),
         "--width", str(build.size), "--depth", "toy", "--examples_per_shard", str(build.examples_per_shard),
-        "--num_workers", str(build.num_workers), "--output_dir", data_dir])
+        "--num_workers", str(build.num_workers), "--output_dir", data_dir,
+        *(["--with_masks"] if build.get("with_masks") else [])])
     if status != EXIT_OK:
       raise ConfigError(data_dir, f"building the toy shards exited {status}", "see the messages above")
   config.data.data_dir, config.data.tokenizer_dir = data_dir, tokenizer_dir

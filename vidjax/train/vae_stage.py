@@ -2,6 +2,8 @@
 
 Loss: L1 reconstruction + `kl_weight` * KL(q(z|x) || N(0, I)), the autoencoder objective of latent
 diffusion without its perceptual and adversarial terms (enough for the toy world's flat shading).
+With `object_loss_weight` w > 0 and shards holding object masks, object pixels count 1 + w in the
+L1 mean: the toy world's objects cover ~6% of a frame, and an unweighted VAE blurs their colours.
 It uses the trainer's state, optimizer and checkpoints, so it resumes like the main stage; its
 params land in `<workdir>/vae_stage/checkpoints`, which the main stage loads through `init_from`.
 """
@@ -20,14 +22,20 @@ from vidjax.parallel.sharding import unbox
 from vidjax.train import state as state_lib
 from vidjax.train.checkpoint import Checkpointer
 from vidjax.train.logging import ProgressLine
+from vidjax.train.step import object_weights
 
 
-def vae_loss(vae: AutoencoderKL, params, frames: jax.Array, rng: jax.Array, kl_weight: float):
-  """frames (N, H, W, 3) in [-1, 1] -> (loss, metrics)."""
+def vae_loss(vae: AutoencoderKL, params, frames: jax.Array, rng: jax.Array, kl_weight: float,
+             pixel_weights: jax.Array | None = None):
+  """frames (N, H, W, 3) in [-1, 1], pixel_weights (N, H, W, 1) or None -> (loss, metrics)."""
   mean, logvar = vae.apply({"params": params}, frames, method=AutoencoderKL.encode)
   z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
   recon = vae.apply({"params": params}, z, method=AutoencoderKL.decode)
-  l1 = jnp.mean(jnp.abs(recon - frames))
+  error = jnp.abs(recon - frames)
+  if pixel_weights is None:
+    l1 = jnp.mean(error)
+  else:
+    l1 = jnp.sum(pixel_weights * error) / (jnp.sum(pixel_weights) * frames.shape[-1])
   kl = 0.5 * jnp.mean(jnp.sum(mean**2 + jnp.exp(logvar) - 1.0 - logvar, axis=-1))
   return l1 + kl_weight * kl, {"loss": l1 + kl_weight * kl, "l1": l1, "kl": kl}
 
@@ -44,10 +52,13 @@ def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: st
   labels = state_lib.trainable_labels(jax.eval_shape(init, jax.random.key(0)), ("vae/.*",))
   tx = state_lib.make_optimizer(train, labels)
 
+  object_weight = stage.get("object_loss_weight", 0.0)
+
   @jax.jit
-  def step_fn(state, frames):
+  def step_fn(state, frames, pixel_weights):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    grad_fn = jax.value_and_grad(lambda p: vae_loss(vae, p["vae"], frames, rng, stage.kl_weight), has_aux=True)
+    grad_fn = jax.value_and_grad(lambda p: vae_loss(vae, p["vae"], frames, rng, stage.kl_weight, pixel_weights),
+                                 has_aux=True)
     (_, metrics), grads = grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
@@ -68,7 +79,9 @@ def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: st
   while int(state.step) < stage.num_steps:
     batch = next(loader)
     frames = batch["frames"].reshape((-1,) + batch["frames"].shape[2:])
-    state, metrics = step_fn(state, frames)
+    weights = object_weights(batch, frames.shape[1:3], object_weight, "vae_stage.object_loss_weight")
+    weights = None if weights is None else weights.reshape(frames.shape[:3] + (1,))
+    state, metrics = step_fn(state, frames, weights)
     progress.update(int(state.step), {k: float(v) for k, v in metrics.items()})
     if int(state.step) % config.checkpoint.every_steps == 0 or int(state.step) == stage.num_steps:
       checkpointer.save(int(state.step), state, data_state=loader.get_state(), config=config.to_dict())
@@ -76,3 +89,4 @@ def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: st
   checkpointer.close()
   loader.close()
   return directory
+
