@@ -45,9 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
       vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
       max_position_embeddings=24, hidden_act="gelu", projection_dim=None, eos_token_id=tokenizer.eos_token_id))
   config.model.unet = base.unet_fields(
-      in_channels=9, out_channels=8, block_out_channels=(32, 64, 96), layers_per_block=1, attention_levels=(False, True, True),
-      num_attention_heads=(1, 2, 3), cross_attention_dim=64, norm_num_groups=8, temporal_conv="conv1d",
-      temporal_attention=True, temporal_relative_position=FRAMES, temporal_causal=True)
+      in_channels=9, out_channels=8, block_out_channels=(32, 64, 96), layers_per_block=1,
+      attention_levels=(False, True, True), num_attention_heads=(1, 2, 3), cross_attention_dim=64, norm_num_groups=8,
+      temporal_conv="conv1d", temporal_attention=True, temporal_relative_position=FRAMES, temporal_causal=True)
 
   config.vae_stage = ml_collections.ConfigDict(dict(num_steps=250, lr=1e-3, warmup_steps=20, kl_weight=1e-6,
                                                     batch_size=2, scale_batches=4, object_loss_weight=10.0))
