@@ -89,4 +89,3 @@ def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: st
   checkpointer.close()
   loader.close()
   return directory
-
