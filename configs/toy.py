@@ -39,8 +39,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   # 8 latent channels (SD uses 4 at factor 8): at factor 4 and 64x64, 4 channels blur the small objects'
   # colours into their neighbours' (a 4-channel VAE's round trip names 30% of object colours right).
+  # The decoder is wider and deeper than the encoder: decoding runs once per edit, and the small
+  # decoder's blur capped the toy recolouring IoU (its round trip of ideal outputs scored 0.74).
   config.model.vae = ml_collections.ConfigDict(dict(block_out_channels=(16, 32, 32), layers_per_block=1,
-                                                    latent_channels=8, norm_num_groups=8, scaling_factor=1.0))
+                                                    latent_channels=8, norm_num_groups=8, scaling_factor=1.0,
+                                                    decoder_block_out_channels=(32, 64, 64), decoder_layers_per_block=2))
   config.model.text_encoder = ml_collections.ConfigDict(dict(
       vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
       max_position_embeddings=24, hidden_act="gelu", projection_dim=None, eos_token_id=tokenizer.eos_token_id))
@@ -50,7 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
       temporal_conv="conv1d", temporal_attention=True, temporal_relative_position=FRAMES, temporal_causal=True)
 
   config.vae_stage = ml_collections.ConfigDict(dict(num_steps=250, lr=1e-3, warmup_steps=20, kl_weight=1e-6,
-                                                    batch_size=2, scale_batches=4, object_loss_weight=10.0))
+                                                    batch_size=2, scale_batches=4, object_loss_weight=10.0,
+                                                    trainable=("vae/.*",), init_from=""))
   config.train.num_steps = 600
   config.train.lr = 5e-4
   config.train.warmup_steps = 50

@@ -20,6 +20,7 @@ from vidjax.convert import common
 from vidjax.convert.diffusers_vae import convert_vae
 from vidjax.errors import ConfigError, InputError
 from vidjax.models.vae import AutoencoderKL, VAEConfig, decode_video, encode_video
+from vidjax.parallel.sharding import unbox
 
 # Three levels of different widths (downsampling factor 4), 8 groups, two resnets per encoder level
 # (three per decoder level): enough to catch swapped blocks, channels or norms.
@@ -120,6 +121,25 @@ def test_video_helpers_apply_the_image_vae_per_frame(converted):
   assert decoded.shape == frames.shape
   expected = np.stack([_apply(image_vae, params, mean[:, t], "decode") for t in range(3)], axis=1)
   np.testing.assert_allclose(decoded, expected, atol=1e-5, rtol=0)
+
+
+def test_a_wider_deeper_decoder_has_its_own_widths_and_keeps_the_encoder_and_shapes():
+  base = VAEConfig(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4)
+  wide = dataclasses.replace(base, decoder_block_out_channels=(12, 24), decoder_layers_per_block=2)
+  x = _uniform((1, 8, 8, 3), seed=3)
+  narrow_params = unbox(AutoencoderKL(base).init(jax.random.key(0), x)["params"])
+  params = unbox(AutoencoderKL(wide).init(jax.random.key(0), x)["params"])
+  flat, narrow = common.flatten(params), common.flatten(narrow_params)
+  encoder = [p for p in narrow if p[0] == "encoder"]
+  assert encoder and all(flat[p].shape == narrow[p].shape for p in encoder)
+  assert flat[("decoder", "conv_in", "kernel")].shape == (3, 3, 4, 24)  # the last level's width
+  assert ("decoder", "up_blocks_1", "resnets_2", "conv1", "kernel") in flat  # 2 + 1 resnets per level
+  assert ("decoder", "up_blocks_1", "resnets_2", "conv1", "kernel") not in narrow
+  assert AutoencoderKL(wide).apply({"params": params}, x).shape == x.shape
+  with pytest.raises(ConfigError, match="as many levels as the encoder"):
+    dataclasses.replace(base, decoder_block_out_channels=(8, 16, 16))
+  with pytest.raises(ConfigError, match="decoder_block_out_channels"):
+    dataclasses.replace(base, decoder_block_out_channels=(8, 10))
 
 
 def test_video_helpers_refuse_bad_shapes(converted):

@@ -16,7 +16,7 @@ import pytest
 import tiny_config
 from vidjax.convert import common
 from vidjax.errors import ConfigError
-from vidjax.train import loop, toy
+from vidjax.train import loop, toy, vae_stage
 from vidjax.train.checkpoint import Checkpointer, load_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -126,3 +126,26 @@ def test_two_processes_on_localhost_train_and_agree_on_the_loss(tmp_path, data):
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
   finals = [line.rsplit("->", 1)[1] for line in result.stdout.splitlines() if "smoothed loss" in line and "->" in line]
   assert len(finals) == 2 and finals[0] == finals[1], result.stdout[-2000:]
+
+
+def test_a_decoder_stage_keeps_the_encoder_of_the_last_init_from_source_and_trains_a_wider_decoder(tmp_path, data):
+  def stage(workdir, **overrides):
+    config = tiny_config.tiny_config(**data, **{"vae_stage.num_steps": 2, "vae_stage.batch_size": 2}, **overrides)
+    directory = vae_stage.train_vae(config, loop.build_model(config).vae, str(workdir))
+    return directory, common.flatten(load_params(directory)["vae"])
+
+  first, _ = stage(tmp_path / "a", seed=1)
+  second, source = stage(tmp_path / "b", seed=2)
+  decoder_only = {"vae_stage.trainable": ("vae/decoder/.*", "vae/post_quant_conv/.*"),
+                  "model.vae.decoder_block_out_channels": (8, 16)}
+  _, tuned = stage(tmp_path / "c", **{"vae_stage.init_from": f"{first},{second}"}, **decoder_only)
+
+  for path, value in tuned.items():
+    if path[0] in ("encoder", "quant_conv"):  # frozen: the later source's, bit for bit
+      np.testing.assert_array_equal(value, source[path], err_msg="/".join(path))
+  assert tuned[("decoder", "conv_in", "kernel")].shape == (3, 3, 4, 16)  # wider: from its init
+  changed = tuned[("post_quant_conv", "kernel")] - source[("post_quant_conv", "kernel")]
+  assert np.abs(changed).max() > 0  # same shape, trainable: copied, then trained
+
+  with pytest.raises(ConfigError, match="frozen VAE params"):  # a reshaped encoder would never train
+    stage(tmp_path / "d", **{"vae_stage.init_from": second, "model.vae.block_out_channels": (8, 12)}, **decoder_only)

@@ -13,7 +13,8 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   config.data.batch_size = 8
   config.data.image_fraction = 0.0
   config.data.prefetch_batches = 0
-  config.model.vae.update(block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4)
+  config.model.vae.update(block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4,
+                          decoder_block_out_channels=(8, 12), decoder_layers_per_block=1)
   config.model.text_encoder.update(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1)
   config.model.unet = toy.base.unet_fields(
       in_channels=5, block_out_channels=(8, 16), layers_per_block=1, attention_levels=(True, True),

@@ -43,13 +43,34 @@ class VAEConfig:
   use_quant_conv: bool = True
   use_post_quant_conv: bool = True
   mid_block_add_attention: bool = True
+  # A decoder wider or deeper than the encoder (as diffusers' AsymmetricAutoencoderKL): None = the
+  # encoder's. Decoding is a small part of sampling, so a stronger decoder sharpens every output
+  # for little cost, and it can be trained alone on a frozen encoder (latents stay as they were).
+  decoder_block_out_channels: tuple[int, ...] | None = None
+  decoder_layers_per_block: int | None = None
 
   def __post_init__(self):
-    bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
-    if not self.block_out_channels or bad:
-      raise ConfigError("VAEConfig.block_out_channels", f"{self.block_out_channels} is empty or has widths {bad} "
-                        f"not divisible by norm_num_groups={self.norm_num_groups}",
-                        "use at least one level, each a multiple of norm_num_groups")
+    for name, widths in (("block_out_channels", self.block_out_channels),
+                         ("decoder_block_out_channels", self.decoder_channels)):
+      bad = [c for c in widths if c % self.norm_num_groups]
+      if not widths or bad:
+        raise ConfigError(f"VAEConfig.{name}", f"{widths} is empty or has widths {bad} not divisible by "
+                          f"norm_num_groups={self.norm_num_groups}",
+                          "use at least one level, each a multiple of norm_num_groups")
+    if len(self.decoder_channels) != len(self.block_out_channels):
+      raise ConfigError("VAEConfig.decoder_block_out_channels",
+                        f"{len(self.decoder_channels)} levels, but the encoder has {len(self.block_out_channels)}",
+                        "give the decoder as many levels as the encoder (they set the downsampling factor)")
+
+  @property
+  def decoder_channels(self) -> tuple[int, ...]:
+    """The decoder's widths, encoder order (the decoder runs them from the last)."""
+    return tuple(self.decoder_block_out_channels or self.block_out_channels)
+
+  @property
+  def decoder_layers(self) -> int:
+    """Resnets per decoder level, less one (diffusers' decoder runs layers_per_block + 1)."""
+    return self.layers_per_block if self.decoder_layers_per_block is None else self.decoder_layers_per_block
 
   @property
   def downsample_factor(self) -> int:
@@ -169,11 +190,11 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = _conv3x3(c.block_out_channels[-1], "conv_in", **kw)(z)
+    x = _conv3x3(c.decoder_channels[-1], "conv_in", **kw)(z)
     x = _MidBlock(c, name="mid_block", **kw)(x)
-    last = len(c.block_out_channels) - 1
-    for i, features in enumerate(reversed(c.block_out_channels)):
-      x = _ResampleBlock(features, c.layers_per_block + 1, c.norm_num_groups, None if i == last else "up",
+    last = len(c.decoder_channels) - 1
+    for i, features in enumerate(reversed(c.decoder_channels)):
+      x = _ResampleBlock(features, c.decoder_layers + 1, c.norm_num_groups, None if i == last else "up",
                          name=f"up_blocks_{i}", **kw)(x)
     x = nn.silu(layers.group_norm(c.norm_num_groups, EPSILON, name="conv_norm_out", **kw)(x))
     return _conv3x3(c.out_channels, "conv_out", **kw)(x)

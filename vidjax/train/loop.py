@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidjax.convert import pretrained
 from vidjax.data.loader import Loader, tokenize
 from vidjax.errors import ConfigError
 from vidjax.models import flops
@@ -33,7 +32,7 @@ from vidjax.pipelines.generate import generate
 from vidjax.parallel import sharding as sharding_lib
 from vidjax.train import state as state_lib
 from vidjax.train import surgery
-from vidjax.train.checkpoint import Checkpointer, load_params
+from vidjax.train.checkpoint import Checkpointer
 from vidjax.train.logging import MetricWriter, ProgressLine, model_flops_utilization
 from vidjax.train.step import make_train_step
 
@@ -198,17 +197,13 @@ def _batch_shape(local) -> tuple[int, int, int, int, int]:
 def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardings: Any) -> dict[str, Any]:
   """Weights only, merged by path into the fresh params (layers the source lacks keep their init).
 
-  `config.init_from` is a vidjax pretrained directory (`vidjax convert`) or a training workdir;
-  `config.init_surgery` adapts the source first: 'widen_input_channels' (new structure channels,
-  zero weights) and/or 'change_context_width' (a new content width).
+  `config.init_from` is one or more comma-separated sources (`surgery.load_weights`: pretrained
+  directories, training workdirs; later components replace earlier ones); `config.init_surgery`
+  adapts them first: 'widen_input_channels' (new structure channels, zero weights) and/or
+  'change_context_width' (a new content width).
   """
   path = config.init_from
-  if os.path.exists(os.path.join(path, "config.json")):
-    source = {name: p for name, (_, p) in pretrained.load_pretrained(path).items()}
-  else:
-    checkpoints = os.path.join(path, "checkpoints")
-    source = load_params(checkpoints if os.path.isdir(checkpoints) else path)
-  source = {name: jax.device_get(p) for name, p in source.items() if name in params}
+  source = {name: p for name, p in surgery.load_weights(path).items() if name in params}
   target = jax.device_get(params)
   for operation in config.init_surgery:
     unet = config.model.unet

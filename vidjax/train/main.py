@@ -2,7 +2,9 @@
 
 Runs, in order, what the config asks for:
   1. `data.build` (source 'toy'): build the toy shards and tokenizer into the workdir if missing;
-  2. `vae_stage.num_steps > 0`: train the VAE first (then the main stage starts from it);
+  2. `vae_stage.num_steps > 0`: train the VAE first; the main stage starts from its VAE, and from
+     `init_from` for the rest. A run with `init_from` skips the stage unless `vae_stage.init_from`
+     is set too (e.g. a new decoder for a trained model);
   3. the main stage, `train_and_evaluate`;
   4. `final_edit.enabled`: edit a held-out toy clip (its depth, a new caption) into `<workdir>/edit.mp4`.
 Relaunching with the same workdir resumes wherever the job stopped.
@@ -53,9 +55,10 @@ def run(config, workdir: str) -> int:
   os.makedirs(workdir, exist_ok=True)
   if config.data.get("build") and config.data.build.source:
     toy.ensure_data(config, workdir)
-  if config.get("vae_stage") and config.vae_stage.num_steps > 0:
+  stage = config.get("vae_stage")
+  if stage and stage.num_steps > 0 and (not config.init_from or stage.get("init_from")):
     model = loop.build_model(config)
-    config.init_from = config.init_from or toy.train_vae_stage(config, model, workdir)
+    config.init_from = ",".join(p for p in (config.init_from, toy.train_vae_stage(config, model, workdir)) if p)
   summary = loop.train_and_evaluate(config, workdir)
   if config.get("final_edit") and config.final_edit.enabled and summary["step"] >= config.train.num_steps:
     toy.final_edit(config, workdir)

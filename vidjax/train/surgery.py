@@ -9,18 +9,21 @@ Each operation keeps the model's outputs where the paper needs them kept:
                         outputs are unchanged until training moves them.
   change_context_width  a new content width (CLIP text -> image embeddings, Gen-1 stage 1):
                         cross-attention key/value projections are re-initialised for the new width.
+Sources are read by `load_weights` (a pretrained directory, a training workdir or checkpoints).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
-from vidjax.convert import common
+from vidjax.convert import common, pretrained
 from vidjax.errors import ConfigError
+from vidjax.train.checkpoint import load_params
 
 
 @dataclasses.dataclass
@@ -31,6 +34,25 @@ class MergeReport:
 
   def __str__(self) -> str:
     return f"copied {self.copied} tensors, {len(self.kept_init)} kept their init, {len(self.unused)} source tensors unused"
+
+
+def load_weights(paths: str) -> dict[str, Any]:
+  """{component: params} on the host from one or more comma-separated sources.
+
+  Each source is a vidjax pretrained directory (`vidjax convert`), a training workdir, or a
+  checkpoint directory (e.g. `<workdir>/vae_stage/checkpoints`). A later source's components
+  replace an earlier one's whole: `run_a,run_b/vae_stage/checkpoints` takes run_a's UNet and text
+  tower with run_b's VAE.
+  """
+  weights = {}
+  for path in (p.strip() for p in paths.split(",") if p.strip()):
+    if os.path.exists(os.path.join(path, "config.json")):
+      source = {name: p for name, (_, p) in pretrained.load_pretrained(path).items()}
+    else:
+      checkpoints = os.path.join(path, "checkpoints")
+      source = load_params(checkpoints if os.path.isdir(checkpoints) else path)
+    weights.update({name: jax.device_get(p) for name, p in source.items()})
+  return weights
 
 
 def merge_params(target: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[dict[str, Any], MergeReport]:

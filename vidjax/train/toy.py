@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import jax.numpy as jnp
 import ml_collections
@@ -49,10 +50,15 @@ def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionMode
 
   The scaling factor makes the latents unit-variance (latent diffusion's scale_by_std): 1 / std of
   the posterior means of `vae_stage.scale_batches` batches, measured once and kept in a JSON file so
-  a resumed run uses the same value.
+  a resumed run uses the same value. A stage that keeps the encoder frozen keeps the configured
+  factor: its latents are the source VAE's, and so must be their scale.
   """
   directory = vae_stage.train_vae(config, model.vae, workdir)
   path = os.path.join(workdir, "vae_stage", "scaling_factor.json")
+  encoder_trains = any(re.fullmatch(p, "vae/encoder/conv_in/kernel") for p in config.vae_stage.get("trainable", ("vae/.*",)))
+  if not encoder_trains:
+    print(f"VAE stage done: encoder frozen, scaling factor {config.model.vae.scaling_factor:.4f} kept")
+    return directory
   if not os.path.exists(path):
     params = load_params(directory)
     loader_config = config.data.copy_and_resolve_references()

@@ -6,20 +6,31 @@ With `object_loss_weight` w > 0 and shards holding object masks, object pixels c
 L1 mean: the toy world's objects cover ~6% of a frame, and an unweighted VAE blurs their colours.
 It uses the trainer's state, optimizer and checkpoints, so it resumes like the main stage; its
 params land in `<workdir>/vae_stage/checkpoints`, which the main stage loads through `init_from`.
+
+`init_from` (any `surgery.load_weights` source holding a VAE) starts from a trained VAE, and
+`trainable` (regexes over 'vae/...' paths) picks what trains: with ('vae/decoder/.*',
+'vae/post_quant_conv/.*') only the decoder learns, so the latents, and a diffusion model trained on
+them, stay valid (Stable Diffusion's ft-MSE VAE was made this way). A trainable part whose shape
+differs from the source's (a wider `decoder_block_out_channels`) starts from its init.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from vidjax.convert import common
 from vidjax.data.loader import Loader
+from vidjax.errors import ConfigError
 from vidjax.models.vae import AutoencoderKL
 from vidjax.parallel.sharding import unbox
 from vidjax.train import state as state_lib
+from vidjax.train import surgery
 from vidjax.train.checkpoint import Checkpointer
 from vidjax.train.logging import ProgressLine
 from vidjax.train.step import object_weights
@@ -40,6 +51,28 @@ def vae_loss(vae: AutoencoderKL, params, frames: jax.Array, rng: jax.Array, kl_w
   return l1 + kl_weight * kl, {"loss": l1 + kl_weight * kl, "l1": l1, "kl": kl}
 
 
+def start_from(params: dict[str, Any], labels: dict[str, Any], path: str) -> dict[str, Any]:
+  """{'vae': fresh params} with the VAE of `path` copied in; trainable tensors of another shape keep their init.
+
+  A frozen tensor the source lacks, or has in another shape, is an error: it would never train.
+  """
+  source = surgery.load_weights(path)
+  if "vae" not in source:
+    raise ConfigError("vae_stage.init_from", f"{path} holds no VAE (components: {sorted(source)})",
+                      "point at a training workdir, its vae_stage/checkpoints, or a pretrained directory")
+  target = common.flatten(jax.device_get(params["vae"]))
+  trains = {p: l == "train" for p, l in common.flatten(labels["vae"]).items()}
+  copied = {p: v for p, v in common.flatten(source["vae"]).items()
+            if p in target and (np.shape(v) == np.shape(target[p]) or not trains[p])}
+  lost = ["/".join(p) for p in target if p not in copied and not trains[p]]
+  if lost:
+    raise ConfigError("vae_stage.init_from", f"frozen VAE params missing from {path} or reshaped: {lost[:5]}",
+                      "train them (vae_stage.trainable) or use a VAE source of the same architecture")
+  merged, report = surgery.merge_params(params["vae"], common.unflatten(copied))
+  print(f"VAE stage init_from {path}: {report}")
+  return {"vae": jax.device_put(merged)}
+
+
 def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: str) -> str:
   """Trains `vae` for config.vae_stage.num_steps on frames from config.data; returns its checkpoint dir."""
   stage = config.vae_stage
@@ -49,7 +82,7 @@ def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: st
   train = ml_collections.ConfigDict(dict(config.train.to_dict(), lr=stage.lr, warmup_steps=stage.warmup_steps,
                                          num_steps=stage.num_steps, lr_schedule="constant", grad_accum_steps=1))
   init = lambda key: {"vae": vae.init(key, jnp.zeros((1, 16, 16, 3)))["params"]}
-  labels = state_lib.trainable_labels(jax.eval_shape(init, jax.random.key(0)), ("vae/.*",))
+  labels = state_lib.trainable_labels(jax.eval_shape(init, jax.random.key(0)), tuple(stage.get("trainable", ("vae/.*",))))
   tx = state_lib.make_optimizer(train, labels)
 
   object_weight = stage.get("object_loss_weight", 0.0)
@@ -73,6 +106,9 @@ def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: st
     loader.set_state(data_state)
   else:
     state = jax.jit(lambda key: unbox(create(key)))(jax.random.key(config.seed + 1))
+    if stage.get("init_from"):
+      params = start_from(state.params, labels, stage.init_from)
+      state = state.replace(params=params, ema_params=params)
   print(f"VAE stage: {stage.num_steps} steps on single frames")
   progress = ProgressLine(stage.num_steps, clips_per_step=data.batch_size * config.data.build.num_frames,
                           frames_per_clip=1, every=config.log.every_steps, start_step=int(state.step))
