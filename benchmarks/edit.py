@@ -49,8 +49,10 @@ def main() -> None:
   unet = pipe.model.config.unet
   factor = pipe.model.config.vae.downsample_factor
   context_length = pipe.model.config.text_encoder.max_position_embeddings if pipe.model.config.text_encoder else 1
+  # The pipeline always passes causal models a window: past C frames their temporal attention is banded.
   forward = flops.unet_forward_flops(unet, batch=1, frames=args.frames, height=height // factor,
-                                     width=width // factor, context_length=context_length)
+                                     width=width // factor, context_length=context_length,
+                                     temporal_window=pipe.max_temporal_window)
   print(f"checkpoint {pipe.model_dir.path}; {args.frames} frames of {width}x{height}; load average "
         f"{os.getloadavg()[0]:.2f} (a loaded machine slows every figure)")
   print(f"UNet forward, one copy of the clip: {forward / 1e9:.2f} GFLOP (matmuls)")

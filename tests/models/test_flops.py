@@ -39,10 +39,13 @@ SIZES = dict(batch=2, frames=4, height=13, width=11, context_length=77)
 ELEMENTWISE_BOUND = 0.85  # analytic / XLA lies in [this, 1.0]; see the module docstring
 
 
-def _xla_flops(config: UNetConfig, *, image_mode: bool, train: bool, context_length: int) -> float:
+def _xla_flops(config: UNetConfig, *, image_mode: bool, train: bool, context_length: int, frames: int | None = None,
+               temporal_window: int | None = None) -> float:
   """XLA's FLOP count for the compiled forward (or gradient of an MSE loss w.r.t. params) at SIZES."""
-  b, t, h, w = (SIZES[k] for k in ("batch", "frames", "height", "width"))
-  forward = lambda p, x, ts, ctx: VideoUNet(config).apply({"params": p}, x, ts, ctx, image_mode=image_mode)
+  b, h, w = (SIZES[k] for k in ("batch", "height", "width"))
+  t = frames or SIZES["frames"]
+  forward = lambda p, x, ts, ctx: VideoUNet(config).apply({"params": p}, x, ts, ctx, image_mode=image_mode,
+                                                          temporal_window=temporal_window)
   fn = jax.grad(lambda *args: jnp.mean(forward(*args) ** 2)) if train else forward
   args = (unet_param_shapes(config), jax.ShapeDtypeStruct((b, t, h, w, config.in_channels), jnp.float32),
           jax.ShapeDtypeStruct((b,), jnp.int32),
@@ -68,8 +71,9 @@ def xla_flops():
   return get
 
 
-def _analytic(variant: str, image_mode: bool = False, **sizes) -> int:
-  return unet_forward_flops(VARIANTS[variant], **{**SIZES, **sizes}, image_mode=image_mode or variant == "image")
+def _analytic(variant: str, image_mode: bool = False, temporal_window: int | None = None, **sizes) -> int:
+  return unet_forward_flops(VARIANTS[variant], **{**SIZES, **sizes}, image_mode=image_mode or variant == "image",
+                            temporal_window=temporal_window)
 
 
 @pytest.mark.parametrize("variant", ["image", "gen1", "myv"])
@@ -93,6 +97,21 @@ def test_relative_position_terms_count(xla_flops):
   assert analytic > 0
   ratio = analytic / (xla_flops("myv") - xla_flops("myv_no_relative"))
   assert 0.8 <= ratio <= 1.0, ratio
+
+
+def test_banded_temporal_attention_counts_blocks_not_the_whole_clip():
+  """13 frames in blocks of C = 4 under a causal window: 4 padded blocks of (4, 8) logits, not (13, 13).
+
+  The delta against the full (T, T) path (no window) isolates the temporal attention products.
+  """
+  config, long = VARIANTS["myv"], dict(frames=13)
+  banded, full = _analytic("myv", **long, temporal_window=3), _analytic("myv", **long)
+  assert banded < full
+  ratio = (full - banded) / (_xla_flops(config, image_mode=False, train=False, context_length=77, frames=13)
+                             - _xla_flops(config, image_mode=False, train=False, context_length=77, frames=13,
+                                          temporal_window=3))
+  assert 0.8 <= ratio <= 1.0, ratio
+  assert _analytic("myv", temporal_window=3) == _analytic("myv")  # 4 frames = C: one (T, T) mask, as the model
 
 
 def test_cross_attention_context_count(xla_flops):

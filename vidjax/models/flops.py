@@ -38,6 +38,7 @@ class _Counter:
   frames: int
   context_length: int
   temporal: bool  # temporal layers run (video mode of a model that has them)
+  banded: bool = False  # temporal attention runs as a CausalBand of C-frame blocks (T > C, a window given)
 
   @property
   def n(self) -> int:
@@ -61,14 +62,17 @@ class _Counter:
       flops += 4 * 2 * pixels * 3 * cout * cout + self.conv(hw, cout, cout)[0]
     return flops
 
-  def block(self, sequences: int, length: int, c: int, cross_length: int, relative: bool) -> int:
+  def block(self, sequences: int, length: int, c: int, cross_length: int, relative: bool, band: int = 0) -> int:
     """TransformerBlock on (sequences, length, c): two attentions and the GEGLU feed-forward.
 
     The second attention is cross-attention to `cross_length` context tokens when cross_length > 0,
     else a second self-attention (temporal blocks). Relative positions add two more (L, L) products.
+    With `band` = C > 0 the self-attentions are block-local: ceil(L / C) blocks of C queries (the
+    last zero-padded) against 2C keys each, (ceil(L / C) C, 2C) products in place of (L, L).
     """
     tokens = sequences * length
-    core = 2 * 2 * sequences * length * length * c * (2 if relative else 1)
+    queries, keys = (-(-length // band) * band, 2 * band) if band else (length, length)
+    core = 2 * 2 * sequences * queries * keys * c * (2 if relative else 1)
     flops = 4 * 2 * tokens * c * c + core  # attn1: q, k, v, out projections; QK^T and PV
     if cross_length:
       context_tokens = sequences * cross_length
@@ -86,12 +90,13 @@ class _Counter:
     flops = projections + cfg.transformer_depth * self.block(self.n, length, c, self.context_length, False)
     if self.temporal and cfg.temporal_attention:
       relative = cfg.temporal_relative_position > 0
-      flops += projections + cfg.transformer_depth * self.block(self.batch * length, self.frames, c, 0, relative)
+      band = cfg.temporal_relative_position if self.banded else 0
+      flops += projections + cfg.transformer_depth * self.block(self.batch * length, self.frames, c, 0, relative, band)
     return flops
 
 
 def unet_forward_flops(config: UNetConfig, *, batch: int, frames: int, height: int, width: int,
-                       context_length: int, image_mode: bool = False) -> int:
+                       context_length: int, image_mode: bool = False, temporal_window: int | None = None) -> int:
   """Matmul FLOPs (2 x MACs) of one `VideoUNet(config).apply` on these input sizes.
 
   Args:
@@ -100,10 +105,15 @@ def unet_forward_flops(config: UNetConfig, *, batch: int, frames: int, height: i
     context_length: L of the (batch, L, cross_attention_dim) context.
     image_mode: temporal layers skipped (as the `image_mode` call argument); models without
       temporal layers count the same either way.
+    temporal_window: the causal window L_M passed to the UNet, if any: with relative positions and
+      more frames than their distance C, temporal attention runs block-local (`CausalBand`), linear
+      in the frame count, and is counted so.
   Returns:
     The FLOP count (a Python int).
   """
-  count = _Counter(config, batch, frames, context_length, config.has_temporal and not image_mode)
+  banded = bool(config.temporal_causal and config.temporal_relative_position and temporal_window is not None
+                and frames > config.temporal_relative_position)
+  count = _Counter(config, batch, frames, context_length, config.has_temporal and not image_mode, banded)
   channels = config.block_out_channels
   levels = len(channels)
   flops = 2 * batch * channels[0] * 4 * channels[0] + 2 * batch * (4 * channels[0]) ** 2  # time MLP
@@ -138,7 +148,7 @@ def unet_forward_flops(config: UNetConfig, *, batch: int, frames: int, height: i
 
 
 def unet_train_flops(config: UNetConfig, *, batch: int, frames: int, height: int, width: int,
-                     context_length: int, image_mode: bool = False) -> int:
+                     context_length: int, image_mode: bool = False, temporal_window: int | None = None) -> int:
   """Matmul FLOPs of a training step's forward + backward: 3 x `unet_forward_flops`.
 
   The backward pass of every matmul computes two products of the forward's size: the gradient
@@ -149,4 +159,4 @@ def unet_train_flops(config: UNetConfig, *, batch: int, frames: int, height: int
   no weight gradients for frozen layers) are ignored.
   """
   return 3 * unet_forward_flops(config, batch=batch, frames=frames, height=height, width=width,
-                                context_length=context_length, image_mode=image_mode)
+                                context_length=context_length, image_mode=image_mode, temporal_window=temporal_window)
