@@ -10,6 +10,7 @@ import pytest
 import tiny_config
 from vidjax import toyworld
 from vidjax.convert import common
+from vidjax.errors import InputError
 from vidjax.parallel import make_mesh, unbox
 from vidjax.parallel import sharding as sharding_lib
 from vidjax.train import loop, surgery
@@ -113,6 +114,35 @@ def test_surgery_adding_temporal_layers_and_input_channels_keeps_outputs(tokeniz
   depth = jax.random.normal(jax.random.key(5), (2, 4, 8, 8, 1))  # any values: the new input weights are zero
   out = model.unet.apply({"params": merged}, latents, t, context, depth)
   np.testing.assert_allclose(np.asarray(out), np.asarray(reference), atol=1e-5)
+
+
+def test_depth_pixels_give_each_latent_cell_its_own_pixels_after_the_coarse_depth(tokenizer_dir):
+  # tiny_config's VAE has factor 2: 1 coarse + 4 pixel channels, and a 'depth' model widens to it.
+  config, model, *_ = _setup(tokenizer_dir, **{"model.structure": "depth_pixels", "model.unet.in_channels": 9})
+  coarse_config, coarse_model, *_ = _setup(tokenizer_dir)
+  depth = np.random.default_rng(0).uniform(0, 1, (2, 3, 16, 16, 1)).astype(np.float32)
+  fidelity = jnp.zeros((2,), jnp.int32)
+  structure = np.asarray(model.encode_structure({}, depth, fidelity, (8, 8)))
+  coarse = np.asarray(coarse_model.encode_structure({}, depth, fidelity, (8, 8)))
+  assert structure.shape == (2, 3, 8, 8, 5)
+  np.testing.assert_array_equal(structure[..., :1], coarse)
+  per_frame = depth[..., 0].reshape(6, 256)
+  low, high = per_frame.min(1)[:, None], per_frame.max(1)[:, None]
+  normalized = (2 * (per_frame - low) / (high - low) - 1).reshape(2, 3, 16, 16)
+  for dy in range(2):
+    for dx in range(2):  # channel 1 + 2 dy + dx of cell (i, j) is pixel (2 i + dy, 2 j + dx)
+      np.testing.assert_allclose(structure[..., 1 + 2 * dy + dx], normalized[:, :, dy::2, dx::2], atol=1e-5)
+
+  params = unbox(jax.jit(coarse_model.init)(jax.random.key(1)))
+  params = jax.tree_util.tree_map(lambda x: x + 0.01, params)
+  widened = {**params, "unet": surgery.widen_input_channels(params["unet"], 9)}
+  latents = jax.random.normal(jax.random.key(2), (2, 3, 8, 8, 4))
+  t, context = jnp.array([10, 700]), jax.random.normal(jax.random.key(3), (2, 16, 16))
+  out = model.unet.apply({"params": widened["unet"]}, latents, t, context, structure)
+  reference = coarse_model.unet.apply({"params": params["unet"]}, latents, t, context, coarse)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(reference), atol=1e-5)
+  with pytest.raises(InputError, match="VAE factor 2"):
+    model.encode_structure({}, depth[:, :, :15], fidelity, (8, 8))
 
 
 def test_object_weights_follow_each_latent_cells_object_coverage():

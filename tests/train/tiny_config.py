@@ -16,6 +16,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   config.model.vae.update(block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4,
                           decoder_block_out_channels=(8, 12), decoder_layers_per_block=1)
   config.model.text_encoder.update(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1)
+  config.model.structure = "depth"  # 'depth_pixels' has its own test in test_train_step
   config.model.unet = toy.base.unet_fields(
       in_channels=5, block_out_channels=(8, 16), layers_per_block=1, attention_levels=(True, True),
       num_attention_heads=(2, 2), cross_attention_dim=16, norm_num_groups=4, temporal_conv="conv1d",

@@ -3,6 +3,11 @@
 Training, editing and evaluation all go through this class, so each conditioning path exists once:
   structure 'depth'        1 depth channel resized to the latent and min-max normalised, as
                            SD-2-depth and Make-Your-Video (UNet in_channels = latent + 1);
+  structure 'depth_pixels' 'depth' plus the depth map's pixels: each latent cell also gets its f x f
+                           pixels of depth (space-to-depth, per-frame min-max), so silhouettes are
+                           known to the pixel, not to the latent cell (in_channels = latent + 1 +
+                           f^2). A 'depth' model widens to it by `widen_input_channels`, outputs
+                           unchanged until training uses the new channels;
   structure 'depth_latent' the depth map encoded by the VAE plus the four sinusoidal t_s channels,
                            as Gen-1 (in_channels = 2 * latent + 4);
   structure 'none'         no structure input;
@@ -23,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vidjax import diffusion
-from vidjax.conditioning.structure import structure_fidelity_channels
+from vidjax.conditioning.structure import normalize_depth, structure_fidelity_channels
 from vidjax.errors import ConfigError, InputError
 from vidjax.models.clip import (CLIP_MEAN, CLIP_STD, CLIPTextConfig, CLIPTextTransformer, CLIPVisionConfig,
                                CLIPVisionTransformer)
@@ -31,7 +36,7 @@ from vidjax.models.depth import normalize_depth_for_unet
 from vidjax.models.unet import UNetConfig, VideoUNet, init_inputs
 from vidjax.models.vae import AutoencoderKL, VAEConfig, decode_video, encode_video
 
-STRUCTURE_KINDS = ("none", "depth", "depth_latent")
+STRUCTURE_KINDS = ("none", "depth", "depth_pixels", "depth_latent")
 CONTENT_KINDS = ("text", "image")
 
 
@@ -71,7 +76,8 @@ class ModelConfig:
 
   @property
   def structure_channels(self) -> int:
-    return {"none": 0, "depth": 1, "depth_latent": self.vae.latent_channels + 4}[self.structure]
+    return {"none": 0, "depth": 1, "depth_pixels": 1 + self.vae.downsample_factor**2,
+            "depth_latent": self.vae.latent_channels + 4}[self.structure]
 
 
 class VideoDiffusionModel:
@@ -151,9 +157,17 @@ class VideoDiffusionModel:
     if kind == "none":
       return None
     b, t, h, w, _ = depth.shape
-    if kind == "depth":
-      flat = normalize_depth_for_unet(depth[..., 0].reshape(b * t, h, w), latent_hw)
-      return flat.reshape(b, t, *latent_hw, 1)
+    if kind in ("depth", "depth_pixels"):
+      frames = depth[..., 0].reshape(b * t, h, w)
+      coarse = normalize_depth_for_unet(frames, latent_hw).reshape(b, t, *latent_hw, 1)
+      if kind == "depth":
+        return coarse
+      (lh, lw), f = latent_hw, self.config.vae.downsample_factor
+      if (h, w) != (lh * f, lw * f):
+        raise InputError("depth", f"{h}x{w} is not the latent {lh}x{lw} times the VAE factor {f}",
+                         f"give depth at the frames' size, a multiple of {f}")
+      cells = normalize_depth(frames).reshape(b, t, lh, f, lw, f).transpose(0, 1, 2, 4, 3, 5)
+      return jnp.concatenate([coarse, cells.reshape(b, t, lh, lw, f * f)], axis=-1)
     latents = encode_video(self.vae, params["vae"], jnp.repeat(depth, 3, axis=-1))
     ts = structure_fidelity_channels(jnp.asarray(structure_fidelity, jnp.float32), *latent_hw)
     return jnp.concatenate([latents, jnp.broadcast_to(ts[:, None], (b, t, *latent_hw, 4))], axis=-1)
