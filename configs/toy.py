@@ -40,8 +40,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   # 8 latent channels (SD uses 4 at factor 8): at factor 4 and 64x64, 4 channels blur the small objects'
   # colours into their neighbours' (a 4-channel VAE's round trip names 30% of object colours right).
+  # The decoder is wider and deeper than the encoder: it runs once per edit, and the small one's blur
+  # capped the toy recolouring IoU (the round trip of ideal outputs: 0.747 with (16, 32, 32) x 2
+  # resnets, 0.769 with this one after 4000 decoder-only steps on the same encoder).
   config.model.vae = ml_collections.ConfigDict(dict(block_out_channels=(16, 32, 32), layers_per_block=1,
-                                                    latent_channels=8, norm_num_groups=8, scaling_factor=1.0))
+                                                    latent_channels=8, norm_num_groups=8, scaling_factor=1.0,
+                                                    decoder_block_out_channels=(32, 64, 64), decoder_layers_per_block=2))
   config.model.text_encoder = ml_collections.ConfigDict(dict(
       vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
       max_position_embeddings=24, hidden_act="gelu", projection_dim=None, eos_token_id=tokenizer.eos_token_id))
