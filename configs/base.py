@@ -43,7 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.image_encoder = ml_collections.ConfigDict(dict(
       hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24, image_size=224,
       patch_size=14, hidden_act="quick_gelu", projection_dim=768))
-  config.model.structure = "depth"  # 'depth' (SD-2-depth, Make-Your-Video) | 'depth_pixels' | 'depth_latent' (Gen-1) | 'none'
+  # 'depth' (SD-2-depth, Make-Your-Video) | 'depth_pixels' | 'depth_latent' (Gen-1) | 'none'
+  config.model.structure = "depth"
   config.model.content = "text"  # 'text' | 'image' (CLIP image embeddings, Gen-1)
   config.model.prediction_type = "v_prediction"
   config.model.beta_schedule = "scaled_linear"

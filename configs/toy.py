@@ -45,7 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   # resnets, 0.769 with this one after 4000 decoder-only steps on the same encoder).
   config.model.vae = ml_collections.ConfigDict(dict(block_out_channels=(16, 32, 32), layers_per_block=1,
                                                     latent_channels=8, norm_num_groups=8, scaling_factor=1.0,
-                                                    decoder_block_out_channels=(32, 64, 64), decoder_layers_per_block=2))
+                                                    decoder_block_out_channels=(32, 64, 64),
+                                                    decoder_layers_per_block=2))
   config.model.text_encoder = ml_collections.ConfigDict(dict(
       vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
       max_position_embeddings=24, hidden_act="gelu", projection_dim=None, eos_token_id=tokenizer.eos_token_id))

@@ -7,7 +7,8 @@ The manifest entries it reads (all written by those tools):
 
   scheduler       num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type,
                   timestep_spacing, steps_offset, set_alpha_to_one (diffusers' scheduler fields)
-  conditioning    structure 'depth_1ch' | 'depth_pixels' | 'depth_latent' | 'none'; content 'text_tokens' | 'image_embeds'
+  conditioning    structure 'depth_1ch' | 'depth_pixels' | 'depth_latent' | 'none';
+                  content 'text_tokens' | 'image_embeds'
   video           num_frames (trained clip length), temporal_window (L_M; null = the whole past),
                   and for trained runs fps, stride and size [H, W]
   training        structure_fidelity_range [min, max] (the t_s the model saw), and the run's facts

@@ -55,7 +55,8 @@ def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionMode
   """
   directory = vae_stage.train_vae(config, model.vae, workdir)
   path = os.path.join(workdir, "vae_stage", "scaling_factor.json")
-  encoder_trains = any(re.fullmatch(p, "vae/encoder/conv_in/kernel") for p in config.vae_stage.get("trainable", ("vae/.*",)))
+  patterns = config.vae_stage.get("trainable", ("vae/.*",))
+  encoder_trains = any(re.fullmatch(p, "vae/encoder/conv_in/kernel") for p in patterns)
   if not encoder_trains:
     print(f"VAE stage done: encoder frozen, scaling factor {config.model.vae.scaling_factor:.4f} kept")
     return directory

@@ -82,7 +82,8 @@ def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: st
   train = ml_collections.ConfigDict(dict(config.train.to_dict(), lr=stage.lr, warmup_steps=stage.warmup_steps,
                                          num_steps=stage.num_steps, lr_schedule="constant", grad_accum_steps=1))
   init = lambda key: {"vae": vae.init(key, jnp.zeros((1, 16, 16, 3)))["params"]}
-  labels = state_lib.trainable_labels(jax.eval_shape(init, jax.random.key(0)), tuple(stage.get("trainable", ("vae/.*",))))
+  patterns = tuple(stage.get("trainable", ("vae/.*",)))
+  labels = state_lib.trainable_labels(jax.eval_shape(init, jax.random.key(0)), patterns)
   tx = state_lib.make_optimizer(train, labels)
 
   object_weight = stage.get("object_loss_weight", 0.0)
