@@ -62,7 +62,8 @@ def start_from(params: dict[str, Any], labels: dict[str, Any], path: str) -> dic
                       "point at a training workdir, its vae_stage/checkpoints, or a pretrained directory")
   target = common.flatten(jax.device_get(params["vae"]))
   trains = {p: l == "train" for p, l in common.flatten(labels["vae"]).items()}
-  copied = {p: v for p, v in common.flatten(source["vae"]).items() if p in target and np.shape(v) == np.shape(target[p])}
+  copied = {p: v for p, v in common.flatten(source["vae"]).items()
+            if p in target and np.shape(v) == np.shape(target[p])}
   lost = ["/".join(p) for p in target if p not in copied and not trains[p]]
   if lost:
     raise ConfigError("vae_stage.init_from", f"frozen VAE params missing from {path} or reshaped: {lost[:5]}",
