@@ -60,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.vae_stage = ml_collections.ConfigDict(dict(num_steps=250, lr=1e-3, warmup_steps=20, kl_weight=1e-6,
                                                     batch_size=2, scale_batches=4, object_loss_weight=10.0,
-                                                    trainable=("vae/.*",), init_from=""))
+                                                    object_loss_margin=2, trainable=("vae/.*",), init_from=""))
   config.train.num_steps = 600
   config.train.lr = 5e-4
   config.train.warmup_steps = 50

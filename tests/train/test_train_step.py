@@ -161,6 +161,22 @@ def test_object_weights_follow_each_latent_cells_object_coverage():
     object_weights({"frames": mask}, (2, 2), 3.0)
 
 
+def test_an_object_margin_weighs_a_ring_of_pixels_around_each_object_like_the_object():
+  from vidjax.train.step import object_weights
+
+  mask = np.zeros((1, 1, 7, 7, 1), np.float32)
+  mask[0, 0, 3, 3] = 1.0  # one object pixel in the middle
+  mask[0, 0, 0, 6] = 1.0  # one in a corner: the dilation stops at the border
+  weights = np.asarray(object_weights({"object_mask": mask}, (7, 7), 10.0, margin=1))[0, 0, ..., 0]
+  expected = np.ones((7, 7))
+  expected[2:5, 2:5] = 11.0
+  expected[0:2, 5:7] = 11.0
+  np.testing.assert_allclose(weights, expected)
+  # One 7x7 cell: the coverage of the dilated mask (9 + 4 pixels of 49).
+  np.testing.assert_allclose(object_weights({"object_mask": mask}, (1, 1), 10.0, margin=1)[0, 0, 0, 0, 0],
+                             1.0 + 10.0 * 13 / 49, rtol=1e-6)
+
+
 def test_vae_loss_pixel_weights_give_a_weighted_mean_of_the_l1_error():
   from vidjax.models.vae import AutoencoderKL, VAEConfig
   from vidjax.train.vae_stage import vae_loss

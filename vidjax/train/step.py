@@ -87,11 +87,16 @@ def make_train_step(model: VideoDiffusionModel, tx: optax.GradientTransformation
 
 
 def object_weights(batch: Batch, latent_hw: tuple[int, int], weight: float,
-                   setting: str = "train.object_loss_weight") -> jax.Array | None:
+                   setting: str = "train.object_loss_weight", margin: int = 0) -> jax.Array | None:
   """(N, T, h, w, 1) loss weights 1 + weight * object coverage per cell, or None when weight is 0.
 
   batch["object_mask"] is (N, T, H, W, 1) in {0, 1}; H and W are multiples of h and w (the VAE
   factor for latents; h, w = H, W weighs pixels). `setting` names the config field in errors.
+  margin > 0 first dilates the mask by that many pixels (a (2 margin + 1)^2 square): with weights
+  on the object alone, a pixel on its edge costs 1 + w if painted floor but 1 if painted object, so
+  a decoder learns to paint every uncertain edge pixel object-coloured and objects come out
+  dilated (toy VAE round trip: 27 % too large, 34x more false than missed object pixels). A
+  margin wider than the blur weighs both sides of an edge alike.
   """
   if not weight:
     return None
@@ -99,6 +104,9 @@ def object_weights(batch: Batch, latent_hw: tuple[int, int], weight: float,
     raise ConfigError(setting, f"is {weight}, but the batches hold no object masks",
                       "build the shards with --with_masks (toy: data.build.with_masks=True), or set it to 0")
   mask = batch["object_mask"]
+  if margin:
+    window = (1, 1, 2 * margin + 1, 2 * margin + 1, 1)
+    mask = jax.lax.reduce_window(mask, jnp.array(0, mask.dtype), jax.lax.max, window, (1,) * 5, "SAME")
   n, t, height, width, _ = mask.shape
   h, w = latent_hw
   coverage = mask.reshape(n, t, h, height // h, w, width // w, 1).mean(axis=(3, 5))

@@ -4,6 +4,8 @@ Loss: L1 reconstruction + `kl_weight` * KL(q(z|x) || N(0, I)), the autoencoder o
 diffusion without its perceptual and adversarial terms (enough for the toy world's flat shading).
 With `object_loss_weight` w > 0 and shards holding object masks, object pixels count 1 + w in the
 L1 mean: the toy world's objects cover ~6% of a frame, and an unweighted VAE blurs their colours.
+`object_loss_margin` m extends that weight to m pixels around each object, so both sides of an edge
+weigh the same and the decoder has no reason to paint edge pixels object-coloured (`object_weights`).
 It uses the trainer's state, optimizer and checkpoints, so it resumes like the main stage; its
 params land in `<workdir>/vae_stage/checkpoints`, which the main stage loads through `init_from`.
 
@@ -116,7 +118,8 @@ def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: st
   while int(state.step) < stage.num_steps:
     batch = next(loader)
     frames = batch["frames"].reshape((-1,) + batch["frames"].shape[2:])
-    weights = object_weights(batch, frames.shape[1:3], object_weight, "vae_stage.object_loss_weight")
+    weights = object_weights(batch, frames.shape[1:3], object_weight, "vae_stage.object_loss_weight",
+                             stage.get("object_loss_margin", 0))
     weights = None if weights is None else weights.reshape(frames.shape[:3] + (1,))
     state, metrics = step_fn(state, frames, weights)
     progress.update(int(state.step), {k: float(v) for k, v in metrics.items()})
