@@ -116,6 +116,15 @@ def test_surgery_adding_temporal_layers_and_input_channels_keeps_outputs(tokeniz
   np.testing.assert_allclose(np.asarray(out), np.asarray(reference), atol=1e-5)
 
 
+def test_merged_params_take_the_models_dtype_from_a_float16_export():
+  target = {"conv": {"kernel": np.zeros((3, 3, 2, 4), np.float32), "bias": np.ones((4,), np.float32)}}
+  source = {"conv": {"kernel": np.full((3, 3, 2, 4), 0.1, np.float16)}}
+  merged, report = surgery.merge_params(target, source)
+  assert merged["conv"]["kernel"].dtype == np.float32 and report.copied == 1
+  np.testing.assert_array_equal(merged["conv"]["kernel"], np.float32(np.float16(0.1)))
+  np.testing.assert_array_equal(merged["conv"]["bias"], target["conv"]["bias"])  # not in the source: kept
+
+
 def test_depth_pixels_give_each_latent_cell_its_own_pixels_after_the_coarse_depth(tokenizer_dir):
   # tiny_config's VAE has factor 2: 1 coarse + 4 pixel channels, and a 'depth' model widens to it.
   config, model, *_ = _setup(tokenizer_dir, **{"model.structure": "depth_pixels", "model.unet.in_channels": 9})

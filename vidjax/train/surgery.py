@@ -56,14 +56,20 @@ def load_weights(paths: str) -> dict[str, Any]:
 
 
 def merge_params(target: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[dict[str, Any], MergeReport]:
-  """Target's tree with every same-path source param copied in; a shape mismatch is an error."""
+  """Target's tree with every same-path source param copied in; a shape mismatch is an error.
+
+  Copies take the target's dtype: a float16 export (`vidjax convert run --dtype float16`) loaded
+  into a float32 model trains in float32, not in float16 (slow on CPU, and Adam's small updates
+  round away).
+  """
   target_flat, source_flat = common.flatten(target), common.flatten(source)
   mismatched = [f"{'/'.join(p)}: {np.shape(source_flat[p])} vs {np.shape(v)}" for p, v in target_flat.items()
                 if p in source_flat and np.shape(source_flat[p]) != np.shape(v)]
   if mismatched:
     raise ConfigError("init_from params", "shapes differ from the model's: " + "; ".join(mismatched[:10]),
                       "use surgery (widen_input_channels, change_context_width) or a matching config")
-  merged = {p: source_flat.get(p, v) for p, v in target_flat.items()}
+  merged = {p: np.asarray(source_flat[p]).astype(np.asarray(v).dtype) if p in source_flat else v
+            for p, v in target_flat.items()}
   report = MergeReport(copied=sum(p in source_flat for p in target_flat),
                        kept_init=["/".join(p) for p in target_flat if p not in source_flat],
                        unused=["/".join(p) for p in source_flat if p not in target_flat])
