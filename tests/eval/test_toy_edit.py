@@ -133,11 +133,14 @@ def test_wrong_outputs_are_named(cases):
 
 
 def test_main_runs_the_pipeline_and_writes_the_report(monkeypatch, tmp_path, capsys):
-  targets = {c.target_caption: c.target.rgb for c in toy_edit.edit_cases(2)}
+  cases = toy_edit.edit_cases(2) + toy_edit.edit_cases(1, first_seed=500_000)
+  targets = {c.target_caption: c.target.rgb for c in cases}
   calls = []
 
   class FakePipeline:
     """Stands in for VideoEditPipeline: returns the ideal edit of the prompt."""
+
+    model_dir = types.SimpleNamespace(sampling_defaults={"guidance_scale": 2.0})
 
     @classmethod
     def from_pretrained(cls, path, progress=True):
@@ -161,3 +164,10 @@ def test_main_runs_the_pipeline_and_writes_the_report(monkeypatch, tmp_path, cap
   printed = capsys.readouterr().out
   assert "1000000" in printed and "mean IoU 1.000" in printed and "colour accuracy 1.000 (" in printed
   assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary left behind
+
+  # Without --guidance_scale, the checkpoint's sampling default; --first_seed picks another held-out range.
+  calls.clear()
+  assert toy_edit.main(["--num_clips", "1", "--first_seed", "500000", "--out", str(out)]) == 0
+  assert calls[1][1:4] == (cases[2].seed, 25, 2.0)
+  assert json.loads(out.read_text())["settings"]["guidance_scale"] == 2.0
+  assert "guidance scale 2 (the checkpoint's sampling default)" in capsys.readouterr().out

@@ -183,6 +183,16 @@ def test_bad_inputs_are_refused_before_any_model_work(pipe, clip, tmp_path, case
   assert pipe.sampler_traces == traces
 
 
+@pytest.mark.parametrize("defaults, match", [({"cfg_scale": 2.0}, r"unknown sampling defaults \['cfg_scale'\]"),
+                                             ({"guidance_scale": "high"}, "guidance_scale = 'high' is not a number"),
+                                             ({"num_inference_steps": 2.5}, "is not an integer")])
+def test_bad_sampling_defaults_in_a_checkpoint_are_refused_at_load(tmp_path, defaults, match):
+  folder = tiny_model_dir.write(tmp_path / "bad", sampling_defaults=defaults)
+  with pytest.raises(VidjaxError, match=match) as error:
+    VideoEditPipeline.from_pretrained(folder)
+  assert "config.json" in str(error.value)
+
+
 def test_the_embedded_checkpoint_edits_offline():
   """The shipped toy model: present in the package, loadable, and an edit runs with nothing downloaded."""
   pipe = VideoEditPipeline.from_pretrained(progress=False)

@@ -69,6 +69,15 @@ def test_a_toy_clip_edit_writes_the_video_its_grid_and_a_sidecar(checkpoints, tm
   assert json.loads((gif.parent / "x.json").read_text())["settings"]["warnings"]
 
 
+def test_the_checkpoints_sampling_defaults_fill_unset_flags_and_the_sidecar_records_them(tmp_path):
+  folder = tiny_model_dir.write(tmp_path / "tuned", sampling_defaults={"guidance_scale": 2.5, "eta": 0.5})
+  out = tmp_path / "out.mp4"
+  assert edit("--checkpoint", folder, "--prompt", PROMPT, "--eta", 0, "--out", out) == 0
+  settings = json.loads((tmp_path / "out.json").read_text())["settings"]
+  # guidance from the checkpoint, eta from its flag, temporal guidance from the built-in default
+  assert (settings["guidance_scale"], settings["eta"], settings["temporal_guidance"]) == (2.5, 0.0, 1.0)
+
+
 def test_a_sweep_writes_one_labelled_grid_and_one_settings_entry_per_value(checkpoints, tmp_path, capsys):
   out = tmp_path / "sweep.mp4"
   assert edit("--checkpoint", checkpoints["text"], "--prompt", PROMPT, "--sweep", "temporal_guidance=0.5,1,1.5",

@@ -30,7 +30,7 @@ def _random(shapes, seed: int) -> dict:
 
 
 def write(folder: str | os.PathLike, *, content: str = "text", seed: int = 0,
-          structure_fidelity_range=(0, 2)) -> str:
+          structure_fidelity_range=(0, 2), sampling_defaults: dict | None = None) -> str:
   """A tiny text (toy tokenizer) or image-embedding model directory; returns its path."""
   folder = os.fspath(folder)
   unet = UNetConfig(**UNET)
@@ -55,4 +55,6 @@ def write(folder: str | os.PathLike, *, content: str = "text", seed: int = 0,
            "conditioning": {"structure": "depth_1ch", "content": "text_tokens" if content == "text" else "image_embeds"},
            "video": {"num_frames": FRAMES, "temporal_window": None, "stride": 1, "size": [SIZE, SIZE]},
            "training": {"structure_fidelity_range": list(structure_fidelity_range)}}
+  if sampling_defaults is not None:
+    extra["sampling_defaults"] = sampling_defaults
   return pretrained.save_pretrained(folder, components, extra=extra, assets=assets)

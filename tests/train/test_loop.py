@@ -149,3 +149,25 @@ def test_a_decoder_stage_keeps_the_encoder_of_the_last_init_from_source_and_trai
 
   with pytest.raises(ConfigError, match="frozen VAE params"):  # a reshaped encoder would never train
     stage(tmp_path / "d", **{"vae_stage.init_from": second, "model.vae.block_out_channels": (8, 12)}, **decoder_only)
+
+
+def test_an_exported_run_loads_for_editing_with_its_sampling_defaults(tmp_path, data, capsys):
+  from vidjax.convert.cli import main as convert
+  from vidjax.pipelines.model_dir import SAMPLING_DEFAULTS, load_model_dir
+
+  workdir, out = tmp_path / "run", tmp_path / "export"
+  loop.train_and_evaluate(tiny_config.tiny_config(**data, **{"train.num_steps": 2}), str(workdir))
+  assert convert(["run", str(workdir), str(out), "--sampling-default", "cfg=2"]) == 2  # an unknown name
+  assert "unknown sampling defaults ['cfg']" in capsys.readouterr().err and not out.exists()
+
+  assert convert(["run", str(workdir), str(out), "--dtype", "float16", "--sampling-default", "guidance_scale=2",
+                  "--sampling-default", "num_inference_steps=3"]) == 0
+  model_dir = load_model_dir(out)
+  assert model_dir.sampling_defaults == {**SAMPLING_DEFAULTS, "guidance_scale": 2.0, "num_inference_steps": 3}
+  assert model_dir.manifest["source"]["step"] == 2 and model_dir.video["num_frames"] == 4
+  exported = common.flatten(model_dir.params["unet"])
+  trained = common.flatten(load_params(workdir / "checkpoints", use_ema=True)["unet"])
+  assert exported.keys() == trained.keys()
+  for path, value in exported.items():
+    assert value.dtype == np.float16
+    np.testing.assert_allclose(value, trained[path], rtol=1e-3, atol=1e-4, err_msg="/".join(path))

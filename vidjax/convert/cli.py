@@ -4,6 +4,7 @@
   vidjax convert make-your-video CKPT OUT [--tokenizer DIR] [--depth-estimator DIR]   MYV's model.ckpt
   vidjax convert unet|vae|clip|dpt SRC OUT                         one diffusers / transformers folder
   vidjax convert run WORKDIR OUT [--dtype float16] [--no-ema]     a `vidjax train` run (its latest step)
+      [--sampling-default guidance_scale=2 ...]                   with the settings it samples best with
 
 Each command writes OUT atomically and prints, per component, how many tensors were converted,
 how many params were left at their init (e.g. new temporal layers) and which source keys went
@@ -76,7 +77,8 @@ def _dpt(args) -> dict[str, common.ConversionReport]:
 
 def _run(args) -> dict[str, common.ConversionReport]:
   from vidjax.pipelines.model_dir import export_run  # imports the trainer
-  export_run(args.src, args.out, use_ema=not args.no_ema, dtype=args.dtype)
+  export_run(args.src, args.out, use_ema=not args.no_ema, dtype=args.dtype,
+             sampling_defaults=dict(args.sampling_default or []))
   from safetensors import safe_open
 
   reports = {}
@@ -84,6 +86,16 @@ def _run(args) -> dict[str, common.ConversionReport]:
     with safe_open(os.path.join(args.out, entry["weights"]), "np") as f:
       reports[name] = common.ConversionReport(converted=list(f.keys()), missing=[], unexpected=[])
   return reports
+
+
+def _setting(text: str) -> tuple[str, float]:
+  name, sep, value = text.partition("=")
+  try:
+    if not sep:
+      raise ValueError
+    return name.strip(), float(value)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"{text!r} is not NAME=NUMBER (e.g. guidance_scale=2)") from e
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -128,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="store floating weights in this dtype (default: as trained)")
   run.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+  run.add_argument("--sampling-default", type=_setting, action="append", metavar="NAME=VALUE",
+                   help="a setting the checkpoint recommends, used where an edit leaves it unset (repeatable; "
+                   "NAME: guidance_scale, temporal_guidance, num_inference_steps, eta)")
   return parser
 
 

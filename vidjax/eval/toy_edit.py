@@ -395,7 +395,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="a VideoEditPipeline checkpoint directory (default: the embedded toy checkpoint)")
   parser.add_argument("--num_clips", type=int, default=20, help="held-out toy scenes to edit (default 20)")
   parser.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
-  parser.add_argument("--guidance_scale", type=float, default=5.0, help="classifier-free guidance (default 5)")
+  parser.add_argument("--guidance_scale", type=float, default=None,
+                      help="classifier-free guidance (default: the checkpoint's sampling default, else 5)")
+  parser.add_argument("--first_seed", type=int, default=1_000_000,
+                      help="scenes from this seed on (default 1000000, the benchmark's); another held-out range, "
+                      "e.g. 500000, to choose settings without tuning on the benchmark")
   parser.add_argument("--out", default=None, help="also write the report as JSON here")
   return parser
 
@@ -408,12 +412,16 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   from vidjax.pipelines.edit import VideoEditPipeline  # heavy (jax, the model): after argument checks
 
-  cases = edit_cases(args.num_clips)
+  cases = edit_cases(args.num_clips, first_seed=args.first_seed)
   pipe = VideoEditPipeline.from_pretrained(args.checkpoint, progress=False)
+  guidance = args.guidance_scale
+  if guidance is None:
+    guidance = pipe.model_dir.sampling_defaults["guidance_scale"]
+    print(f"guidance scale {guidance:g} (the checkpoint's sampling default)")
 
   def edit(case: EditCase) -> np.ndarray:
     result = pipe(depth=case.source.disparity, prompt=case.target_caption, seed=case.seed,
-                  num_inference_steps=args.steps, guidance_scale=args.guidance_scale, temporal_guidance=1.0)
+                  num_inference_steps=args.steps, guidance_scale=guidance, temporal_guidance=1.0)
     return np.asarray(result.frames)
 
   print(f"{'seed':>8}  {'IoU':>5}  {'consist':>7}  {'secs':>6}  colours (wanted: got)")
@@ -421,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
   print(_summary(report))
   if args.out:
     settings = {"checkpoint": args.checkpoint, "num_clips": args.num_clips, "steps": args.steps,
-                "guidance_scale": args.guidance_scale, "temporal_guidance": 1.0,
+                "guidance_scale": guidance, "temporal_guidance": 1.0,
                 "seeds": [case.seed for case in cases]}
     with atomic_path(args.out) as tmp, open(tmp, "w") as f:
       json.dump({"settings": settings, **report}, f, indent=1)

@@ -129,8 +129,9 @@ class VideoEditPipeline:
   # -- the edit ----------------------------------------------------------------------------------
 
   def __call__(self, video: Any = None, *, depth: Any = None, prompt: str | None = None, image: Any = None,
-               negative_prompt: str = "", structure_fidelity: int = 0, guidance_scale: float = 5.0,
-               temporal_guidance: float = 1.0, num_inference_steps: int = 25, eta: float = 0.0, seed: int = 0,
+               negative_prompt: str = "", structure_fidelity: int = 0, guidance_scale: float | None = None,
+               temporal_guidance: float | None = None, num_inference_steps: int | None = None,
+               eta: float | None = None, seed: int = 0,
                strength: float = 1.0, mask: Any = None, num_frames: int | None = None, stride: int = 1,
                start_sec: float = 0.0, height: int | None = None, width: int | None = None,
                max_side: int | None = None, temporal_window: int | None = None,
@@ -146,6 +147,8 @@ class VideoEditPipeline:
       structure_fidelity: t_s, an int within the range the checkpoint was trained on.
       guidance_scale: omega (>= 0); temporal_guidance: omega_t (>= 0; 1 = plain CFG).
       num_inference_steps, eta, seed: DDIM settings and the noise seed.
+        guidance_scale, temporal_guidance, num_inference_steps and eta default to the checkpoint's
+        `sampling_defaults`, else 5, 1, 25 and 0 (`model_dir.SAMPLING_DEFAULTS`).
       strength: SDEdit strength in (0, 1]; below 1 starts from the noised source video.
       mask: keep the source where True (H, W) or (T, H, W), at the input's size; needs `video`.
       num_frames, stride, start_sec: which frames (default: the trained clip length, or all the
@@ -233,6 +236,7 @@ class VideoEditPipeline:
     """Checks every setting that needs no file reading (all of `__call__`'s keyword arguments but
     `progress`); returns them with defaults resolved. Raises InputError naming the first bad one."""
     config = self.model.config
+    s.update({name: value for name, value in self.model_dir.sampling_defaults.items() if s.get(name) is None})
     if s["video"] is None and s["depth"] is None:
       raise InputError("video / depth", "neither was given", "pass a video to edit, or a depth sequence to follow")
     if config.content == "text":

@@ -44,6 +44,7 @@ from vidjax.data import video_io
 from vidjax.errors import EXIT_ERROR, EXIT_OK, InputError, VidjaxError, atomic_path
 from vidjax.pipelines import edit_inputs
 from vidjax.pipelines.edit import EditResult, VideoEditPipeline
+from vidjax.pipelines.model_dir import SAMPLING_DEFAULTS
 
 OUTPUT_SUFFIXES = (".mp4", ".gif")
 DEFAULT_FPS = 8.0
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="vidjax edit", description=__doc__.split("\n\n")[0],
                                    epilog="Outputs, sweeps and exit status: see `python -m pydoc "
                                    "vidjax.pipelines.edit_cli`.")
-  d = _CALL_DEFAULTS
+  d, m = _CALL_DEFAULTS, SAMPLING_DEFAULTS
   model = parser.add_argument_group("model")
   model.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory (default: the embedded toy model)")
   model.add_argument("--depth-model", metavar="DIR", dest="depth_estimator",
@@ -81,12 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
   sampling = parser.add_argument_group("sampling (defaults: the pipeline's)")
   sampling.add_argument("--structure-fidelity", type=int, metavar="INT",
                         help=f"t_s, within the checkpoint's trained range (default {d['structure_fidelity']})")
-  sampling.add_argument("--guidance-scale", type=float, metavar="W", help=f"omega (default {d['guidance_scale']})")
+  sampling.add_argument("--guidance-scale", type=float, metavar="W",
+                        help=f"omega (default: the checkpoint's, else {m['guidance_scale']})")
   sampling.add_argument("--temporal-guidance", type=float, metavar="W_T",
-                        help=f"omega_t: 1 off, > 1 smoother (default {d['temporal_guidance']})")
+                        help=f"omega_t: 1 off, > 1 smoother (default: the checkpoint's, else {m['temporal_guidance']})")
   sampling.add_argument("--steps", type=int, metavar="N", dest="num_inference_steps",
-                        help=f"DDIM steps (default {d['num_inference_steps']})")
-  sampling.add_argument("--eta", type=float, metavar="ETA", help=f"DDIM eta, 0 = deterministic (default {d['eta']})")
+                        help=f"DDIM steps (default: the checkpoint's, else {m['num_inference_steps']})")
+  sampling.add_argument("--eta", type=float, metavar="ETA",
+                        help=f"DDIM eta, 0 = deterministic (default: the checkpoint's, else {m['eta']})")
   sampling.add_argument("--seed", type=int, metavar="INT", help=f"noise seed (default {d['seed']})")
   sampling.add_argument("--strength", type=float, metavar="S",
                         help=f"SDEdit strength in (0, 1] (default {d['strength']})")

@@ -12,6 +12,10 @@ The manifest entries it reads (all written by those tools):
   video           num_frames (trained clip length), temporal_window (L_M; null = the whole past),
                   and for trained runs fps, stride and size [H, W]
   training        structure_fidelity_range [min, max] (the t_s the model saw), and the run's facts
+  sampling_defaults
+                  optional: the settings of SAMPLING_DEFAULTS this checkpoint samples best with
+                  (chosen on held-out data when it was exported; transformers' generation_config),
+                  used where a call leaves them unset
 
 `export_run(workdir, out)` turns a `vidjax train` workdir into such a directory: EMA weights of the
 latest (or a given) step, the tokenizer as an asset, and the entries above from the run's saved config.
@@ -33,6 +37,8 @@ from vidjax.models.video_model import ModelConfig, VideoDiffusionModel
 STRUCTURES = {"depth_1ch": "depth", "depth_pixels": "depth_pixels", "depth_latent": "depth_latent", "none": "none"}
 CONTENTS = {"text_tokens": "text", "image_embeds": "image"}
 _MODEL_PARTS = ("unet", "vae", "text_encoder", "image_encoder")
+# The sampling settings a checkpoint may recommend, with the values used where it does not.
+SAMPLING_DEFAULTS = {"guidance_scale": 5.0, "temporal_guidance": 1.0, "num_inference_steps": 25, "eta": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +69,33 @@ class ModelDir:
     low, high = self.manifest.get("training", {}).get("structure_fidelity_range", (0, 0))
     return int(low), int(high)
 
+  @property
+  def sampling_defaults(self) -> dict[str, float | int]:
+    """SAMPLING_DEFAULTS with the checkpoint's own recommendations in place."""
+    where = os.path.join(self.path, pretrained.CONFIG_FILE)
+    return {**SAMPLING_DEFAULTS, **check_sampling_defaults(self.manifest.get("sampling_defaults", {}), where)}
+
+
+def check_sampling_defaults(values: Any, where: str) -> dict[str, float | int]:
+  """`values` as a sampling_defaults entry: known names, numbers (an int for the step count).
+
+  Raises ConfigError naming `where` (the manifest or the flag that gave them).
+  """
+  if not isinstance(values, dict):
+    raise ConfigError(where, f"sampling_defaults is {values!r}, not a mapping", "give {name: value}")
+  unknown = sorted(set(values) - set(SAMPLING_DEFAULTS))
+  if unknown:
+    raise ConfigError(where, f"unknown sampling defaults {unknown}", f"use names from {sorted(SAMPLING_DEFAULTS)}")
+  checked = {}
+  for name, value in values.items():
+    kind = type(SAMPLING_DEFAULTS[name])
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+      wanted = "an integer" if kind is int else "a number"
+      raise ConfigError(where, f"sampling default {name} = {value!r} is not {wanted}",
+                        f"give a number like {SAMPLING_DEFAULTS[name]!r}")
+    checked[name] = kind(value)
+  return checked
+
 
 def _tokenizer(path: str, context_length: int) -> Callable[[list[str]], np.ndarray]:
   from vidjax.data.loader import tokenize  # transformers' AutoTokenizer: CLIP BPE folders and the toy vocabulary
@@ -84,6 +117,7 @@ def load_model_dir(path: str | os.PathLike) -> ModelDir:
   if structure is None or content is None:
     raise ConfigError(os.path.join(path, pretrained.CONFIG_FILE), f"conditioning {conditioning} is unknown",
                       f"structure must be one of {sorted(STRUCTURES)} and content one of {sorted(CONTENTS)}")
+  check_sampling_defaults(manifest.get("sampling_defaults", {}), os.path.join(path, pretrained.CONFIG_FILE))
   needed = ("unet", "vae", "text_encoder" if content == "text" else "image_encoder")
   missing = [name for name in needed if name not in manifest["components"]]
   if missing:
@@ -114,7 +148,7 @@ def load_model_dir(path: str | os.PathLike) -> ModelDir:
 
 
 def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, use_ema: bool = True,
-               dtype: str | None = None) -> str:
+               dtype: str | None = None, sampling_defaults: dict[str, float | int] | None = None) -> str:
   """Writes the latest step of a `vidjax train` run as a checkpoint directory (atomically).
 
   Args:
@@ -122,12 +156,16 @@ def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, use_em
     out_dir: the directory to write.
     use_ema: the EMA weights of components that have them (what sampling during training used).
     dtype: store floating weights in this dtype (e.g. 'float16' to halve a shipped checkpoint).
+    sampling_defaults: settings the checkpoint recommends (names from SAMPLING_DEFAULTS), e.g. the
+      guidance scale that scored best on held-out data; written only when given.
   Returns:
     out_dir.
   """
   import jax
 
   from vidjax.train.checkpoint import Checkpointer, load_params
+
+  sampling_defaults = check_sampling_defaults(sampling_defaults or {}, "sampling_defaults")
   from vidjax.train.loop import build_model
 
   checkpoints = os.path.join(os.fspath(workdir), "checkpoints")
@@ -159,5 +197,7 @@ def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, use_em
       "training": {"structure_fidelity_range": [int(data.structure_fidelity_min), int(data.structure_fidelity_max)],
                    "steps": int(step), "image_fraction": float(data.image_fraction), "data": clips.get("source")},
   }
+  if sampling_defaults:
+    extra["sampling_defaults"] = sampling_defaults
   assets = {"tokenizer": data.tokenizer_dir} if c.content == "text" else {}
   return pretrained.save_pretrained(out_dir, components, extra=extra, assets=assets)
