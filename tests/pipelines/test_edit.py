@@ -184,7 +184,8 @@ def test_bad_inputs_are_refused_before_any_model_work(pipe, clip, tmp_path, case
 
 
 @pytest.mark.parametrize("defaults, match", [({"cfg_scale": 2.0}, r"unknown sampling defaults \['cfg_scale'\]"),
-                                             ({"guidance_scale": "high"}, "guidance_scale = 'high' is not a number"),
+                                             ({"guidance_scale": "high"}, "guidance_scale = 'high' is not a finite"),
+                                             ({"eta": float("nan")}, "eta = nan is not a finite number"),
                                              ({"num_inference_steps": 2.5}, "is not an integer")])
 def test_bad_sampling_defaults_in_a_checkpoint_are_refused_at_load(tmp_path, defaults, match):
   folder = tiny_model_dir.write(tmp_path / "bad", sampling_defaults=defaults)

@@ -24,6 +24,7 @@ latest (or a given) step, the tokenizer as an asset, and the entries above from 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Callable
 
@@ -89,8 +90,9 @@ def check_sampling_defaults(values: Any, where: str) -> dict[str, float | int]:
   checked = {}
   for name, value in values.items():
     kind = type(SAMPLING_DEFAULTS[name])
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-      wanted = "an integer" if kind is int else "a number"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or (kind is int and value != int(value)):
+      wanted = "an integer" if kind is int else "a finite number"
       raise ConfigError(where, f"sampling default {name} = {value!r} is not {wanted}",
                         f"give a number like {SAMPLING_DEFAULTS[name]!r}")
     checked[name] = kind(value)
