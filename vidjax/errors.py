@@ -35,6 +35,13 @@ class ConfigError(VidjaxError):
   """An inconsistent configuration or checkpoint."""
 
 
+def usual_mode(is_dir: bool = False) -> int:
+  """The mode open() or mkdir() would give a new file or directory under the current umask."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return (0o777 if is_dir else 0o666) & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[str]:
   """Yields a temporary sibling path; on success renames it to `path`, on failure removes it.
@@ -58,10 +65,8 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[st
     yield tmp
     # mkstemp/mkdtemp create owner-only files; give the result the usual umask-based mode so that
     # other users and services (a cluster's data readers) can read it.
-    umask = os.umask(0)
-    os.umask(umask)
     if os.path.exists(tmp):
-      os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask)
+      os.chmod(tmp, usual_mode(is_dir))
     if is_dir and os.path.isdir(path):
       shutil.rmtree(path)
     os.replace(tmp, path)

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 import vidjax
 from vidjax.convert import common, pretrained
-from vidjax.errors import ConfigError, InputError
+from vidjax.errors import ConfigError, InputError, usual_mode
 from vidjax.models.clip import CLIPTextConfig
 from vidjax.models.dpt_backbone import BitConfig, DPTConfig
 from vidjax.models.unet import UNetConfig
@@ -84,6 +84,10 @@ def test_manifest_and_files_are_the_documented_format(saved):
       folder / "unet.safetensors")
   assert (folder / "tokenizer" / "vocab.json").read_text() == "{}"
   assert pretrained.read_manifest(folder)["conditioning"]["structure"] == "depth_1ch"
+  # Readable by others as any file the user writes (safetensors alone creates owner-only files).
+  assert {p.name: p.stat().st_mode & 0o777 for p in folder.glob("*.safetensors")} == {
+      p.name: usual_mode() for p in folder.glob("*.safetensors")}
+  assert folder.stat().st_mode & 0o777 == usual_mode(is_dir=True)
 
 
 def test_load_a_subset(saved):

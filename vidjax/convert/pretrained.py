@@ -38,7 +38,7 @@ import numpy as np
 
 import vidjax
 from vidjax.convert import common, diffusers_unet, diffusers_vae, hf_clip, hf_dpt
-from vidjax.errors import ConfigError, InputError, atomic_path
+from vidjax.errors import ConfigError, InputError, atomic_path, usual_mode
 from vidjax.models.clip import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from vidjax.models.dpt_backbone import BitConfig, DPTConfig
 from vidjax.models.unet import UNetConfig
@@ -126,6 +126,7 @@ def save_pretrained(out_dir: str | os.PathLike, components: Mapping[str, tuple[A
       flat = common.flatten(nn.unbox(params))
       save_file({"/".join(p): np.ascontiguousarray(np.asarray(v)) for p, v in flat.items()},
                 os.path.join(tmp, weights), metadata={"format": FORMAT, "component": name})
+      os.chmod(os.path.join(tmp, weights), usual_mode())  # safetensors creates owner-only files
       manifest["components"][name] = {**encode_config(config), "weights": weights}
     for name, folder in assets.items():
       if not os.path.isdir(folder):
