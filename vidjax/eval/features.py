@@ -50,7 +50,8 @@ def clip_frame_features(config: clip.CLIPVisionConfig, params: Mapping[str, Any]
   size, centre crop); the metrics normalise the embeddings.
   """
   if config.projection_dim is None:
-    raise InputError("CLIP vision tower", "has no visual_projection", "load a CLIPVisionModelWithProjection or CLIPModel")
+    raise InputError("CLIP vision tower", "has no visual_projection",
+                     "load a CLIPVisionModelWithProjection or CLIPModel")
   embeddings = []
   for video in videos:
     pixels = clip.preprocess_images(np.asarray(video), config.image_size)
