@@ -70,7 +70,7 @@ class I3DConfig:
     return channels // self.channel_divisor
 
 
-def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
+def same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
   """TF 'SAME' padding (more at the end), which the PyTorch port computes per call."""
   total = max(kernel - stride, 0) if size % stride == 0 else max(kernel - size % stride, 0)
   return total // 2, total - total // 2
@@ -78,7 +78,7 @@ def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 def max_pool_same(x: jax.Array, window: tuple[int, int, int], strides: tuple[int, int, int]) -> jax.Array:
   """(B, T, H, W, C) -> (B, ceil(T / st), ceil(H / sh), ceil(W / sw), C), zero-padded 'same' max pool."""
-  pads = [_same_pad(n, k, s) for n, k, s in zip(x.shape[1:4], window, strides)]
+  pads = [same_pad(n, k, s) for n, k, s in zip(x.shape[1:4], window, strides)]
   x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)])
   return nn.max_pool(x, window, strides=strides, padding="VALID")
 
@@ -123,7 +123,7 @@ class Conv3D(nn.Module):
     st = self.strides[0]
     init = layers.partitioned(nn.initializers.lecun_normal(), ("conv_t", "conv_h", "conv_w", "conv_in", "conv_out"))
     kernel = self.param("kernel", init, (kt, kh, kw, c, self.features), self.param_dtype).astype(self.dtype)
-    x = jnp.pad(x, ((0, 0), _same_pad(t, kt, st), (0, 0), (0, 0), (0, 0)))
+    x = jnp.pad(x, ((0, 0), same_pad(t, kt, st), (0, 0), (0, 0), (0, 0)))
     frames = -(-t // st)
     x = jnp.concatenate([x[:, i:i + st * (frames - 1) + 1:st] for i in range(kt)], axis=-1)  # (B, T', H, W, kt*C)
     kernel = kernel.transpose(1, 2, 0, 3, 4).reshape(kh, kw, kt * c, self.features)
