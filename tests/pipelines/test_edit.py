@@ -83,6 +83,19 @@ def test_depth_only_input_at_an_odd_size_is_fitted_with_a_warning(pipe):
   assert result.frames.shape[1:3] == result.depth.shape[1:] == (24, 32)
 
 
+def test_a_strip_that_max_side_shrinks_below_the_size_multiple_names_max_side_and_the_fix(pipe):
+  strip = np.zeros((tiny_model_dir.FRAMES, 16, 512, 3), np.uint8)  # 16 px high: enough for the multiple 4
+  traces = pipe.sampler_traces
+  with pytest.raises(VidjaxError) as error:
+    pipe(strip, prompt=PROMPT, num_inference_steps=STEPS)  # max_side defaults to the trained 32: 32x1
+  message = str(error.value)
+  assert "512x16 is scaled to 32x1 by max_side 32" in message and "at least 4x4" not in message
+  assert "--max-side 128" in message and "--height/--width" in message
+  assert pipe.sampler_traces == traces
+  # The max_side it names fits: the strip becomes 128x4.
+  assert video_io.fit_to_multiple(strip, 4, 128)[0].shape == (tiny_model_dir.FRAMES, 4, 128, 3)
+
+
 def test_grayscale_video_without_a_depth_estimator_warns(pipe, tmp_path):
   gray = np.repeat(np.linspace(0, 255, 40 * 36, dtype=np.uint8).reshape(1, 36, 40), 6, axis=0)
   path = tmp_path / "gray.mp4"

@@ -136,6 +136,9 @@ def _refused_args(case: str, inputs, checkpoints) -> tuple[list, str, bool]:
     return text + ["--image", inputs / "content.png"], "image", False
   if case == "prompt_for_image_model":
     return ["--checkpoint", checkpoints["image"], "--prompt", PROMPT], "prompt", False
+  if case == "thin_strip":  # 512x16: 16 px high, but --max-side's default (the trained 32) makes it 32x1
+    video_io.write_video(inputs / "strip.mp4", np.zeros((FRAMES, 16, 512, 3), np.uint8))
+    return text + ["--video", inputs / "strip.mp4"], "by max_side 32", False
   if case == "out_suffix":
     return text, "out.avi", True
   raise ValueError(case)
@@ -143,7 +146,7 @@ def _refused_args(case: str, inputs, checkpoints) -> tuple[list, str, bool]:
 
 @pytest.mark.parametrize("case", ["missing_video", "not_a_video", "empty_video", "mask_size", "fidelity",
                                   "temporal_guidance", "window", "image_for_text_model", "prompt_for_image_model",
-                                  "out_suffix"])
+                                  "thin_strip", "out_suffix"])
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(checkpoints, tmp_path, capsys, monkeypatch, case):
   inputs, folder = tmp_path / "inputs", tmp_path / "out"
   inputs.mkdir()

@@ -325,11 +325,10 @@ class VideoEditPipeline:
       if tuple(source_hw) != target:
         notes.append(f"input resized and centre-cropped from {source_hw[1]}x{source_hw[0]} to {target[1]}x{target[0]}")
     else:
+      # Names the real cause: frames too small, or a thin strip that max_side shrinks below the multiple.
+      video_io.check_fits_multiple(*source_hw, m, s["max_side"], name="input")
       scaled = edit_inputs.scaled_size(source_hw, source_hw, s["max_side"])
       target = (scaled[0] // m * m, scaled[1] // m * m)
-      if min(target) < m:
-        raise InputError(f"input of {source_hw[1]}x{source_hw[0]}", f"is too small for this model's size multiple {m}",
-                         f"use frames of at least {m}x{m}")
       if frames is not None:
         frames, message = video_io.fit_to_multiple(frames, m, s["max_side"])
         if message:
