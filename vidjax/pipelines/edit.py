@@ -249,6 +249,8 @@ class VideoEditPipeline:
                          "pass prompt= instead (this checkpoint has no CLIP image tower)")
       if s["prompt"] is None or not isinstance(s["prompt"], str):
         raise InputError("prompt", "missing (this model is conditioned on text)", "pass prompt='...'")
+      if not isinstance(s["strict_prompt"], (bool, np.bool_)):
+        raise InputError("strict_prompt", f"{s['strict_prompt']!r} is not True or False", "pass strict_prompt=True")
       if not isinstance(s["negative_prompt"], str):
         raise InputError("negative_prompt", f"{s['negative_prompt']!r} is not a string", "pass negative_prompt='...'")
       self._prompt_notes(s)  # raises under strict_prompt
