@@ -13,15 +13,18 @@ described in `data_pipelines.sources` and `data_pipelines.depth_estimators`; the
 `vidjax.data.records`.
 
 Output folder: `shard-SSSSS-of-NNNNN.array_record` files, `manifest.json` (written last, so a folder
-with a manifest is complete), `skipped.jsonl` (one {"key", "source", "reason"} per skipped item) and
-`done/<shard>.json` markers. Each shard is one task of --num_workers processes. A shard is written
-under a temporary name and renamed, then its marker is written; a re-run reuses every shard whose
-marker matches this build and rebuilds the rest, so a killed run resumes where it stopped and never
-leaves a half-written shard under a final name. Shards whose items were all skipped are not listed.
+with a manifest is complete), `skipped.jsonl` (one {"key", "source", "reason"} per skipped item),
+`warnings.jsonl` (one {"key", "source", "warning"} per change worth knowing, e.g. a video smaller
+than the clip upscaled; sources under --min_source_side are skipped instead) and `done/<shard>.json`
+markers. Each shard is one task of --num_workers processes. A shard is written under a temporary
+name and renamed, then its marker is written; a re-run reuses every shard whose marker matches this
+build and rebuilds the rest, so a killed run resumes where it stopped and never leaves a
+half-written shard under a final name. Shards whose items were all skipped are not listed.
 
-Exit status: 0 every item was written; 3 (EXIT_PARTIAL) some items were skipped (unreadable,
-too short, no depth; printed and listed in skipped.jsonl) and the others written; 2 (EXIT_ERROR)
-wrong arguments, or nothing could be written.
+Exit status: 0 every item was written (warnings, printed and in warnings.jsonl, included); 3
+(EXIT_PARTIAL) some items were skipped (unreadable, too short, too small, no depth; printed and
+listed in skipped.jsonl) and the others written; 2 (EXIT_ERROR) wrong arguments, or nothing could be
+written.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from vidjax.data import records
 from vidjax.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, InputError, VidjaxError, atomic_path
 
 DONE_DIR = "done"
+WARNINGS_NAME = "warnings.jsonl"
 # Per-item failures that skip the item instead of stopping the build: bad inputs, and decoder
 # errors that surface while decoding a stream.
 _ITEM_ERRORS = (InputError, av.FFmpegError)
@@ -77,6 +81,7 @@ class ShardResult:
   skipped: list[dict[str, str]]
   fields: dict[str, Any]  # records.FieldSpec.to_json() per field
   reused: bool = False
+  warnings: list[dict[str, str]] = dataclasses.field(default_factory=list)  # {"key", "source", "warning"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +96,10 @@ class BuildReport:
   @property
   def skipped(self) -> list[dict[str, str]]:
     return [item for s in self.shards for item in s.skipped]
+
+  @property
+  def warnings(self) -> list[dict[str, str]]:
+    return [item for s in self.shards for item in s.warnings]
 
   @property
   def exit_status(self) -> int:
@@ -130,7 +139,8 @@ def _reusable(spec: BuildSpec, name: str, fingerprint: str) -> ShardResult | Non
                      "use a new --output_dir, or delete this one to rebuild")
   if done["num_examples"] and not os.path.isfile(os.path.join(spec.output_dir, name)):
     return None
-  return ShardResult(name, done["num_examples"], done["skipped"], done["fields"], reused=True)
+  return ShardResult(name, done["num_examples"], done["skipped"], done["fields"], reused=True,
+                     warnings=done.get("warnings", []))
 
 
 @functools.lru_cache(maxsize=4)
@@ -150,7 +160,8 @@ def _schema(spec: BuildSpec) -> dict[str, records.FieldSpec]:
                              with_masks=getattr(spec.source, "with_masks", False))
 
 
-def _example(spec: BuildSpec, item: Item, fields) -> dict[str, Any]:
+def _example(spec: BuildSpec, item: Item, fields) -> tuple[dict[str, Any], tuple[str, ...]]:
+  """-> (the record's fields, the clip's warnings)."""
   clip = spec.source.load(item, spec.clip)
   estimator = _estimator(spec.depth_method, spec.depth_dir, spec.depth_weights)
   example = {"frames": clip.frames, "depth": estimator(clip), "caption": clip.caption,
@@ -159,28 +170,32 @@ def _example(spec: BuildSpec, item: Item, fields) -> dict[str, Any]:
     example["latents"] = spec.encode_fn(clip.frames)
   if "masks" in fields:
     example["masks"] = clip.masks
-  return example
+  return example, clip.warnings
 
 
 def build_shard(spec: BuildSpec, index: int, count: int, items: list[Item]) -> ShardResult:
   """Writes one shard (skipping bad items) and then its done marker; returns what it holds."""
   name = records.shard_name(index, count)
   fields = _schema(spec)
-  skipped = []
+  skipped, warned = [], []
 
   def encoded():
     for item in items:
       try:
-        yield records.encode_example(_example(spec, item, fields), fields)
+        example, warnings = _example(spec, item, fields)
+        record = records.encode_example(example, fields)
       except _ITEM_ERRORS as e:
         skipped.append({"key": item.key, "source": str(item.ref), "reason": str(e)})
+        continue
+      warned.extend({"key": item.key, "source": str(item.ref), "warning": w} for w in warnings)
+      yield record
 
   path = os.path.join(spec.output_dir, name)
   num_examples = records.write_shard(path, encoded())
   if num_examples == 0:
     os.remove(path)
-  result = ShardResult(name, num_examples, skipped,
-                       {k: v.to_json() for k, v in fields.items()})
+  result = ShardResult(name, num_examples, skipped, {k: v.to_json() for k, v in fields.items()},
+                       warnings=warned)
   done = dataclasses.asdict(result) | {"fingerprint": _fingerprint(spec, name, items)}
   done.pop("reused")
   with atomic_path(_done_path(spec, name)) as tmp, open(tmp, "w") as f:
@@ -227,6 +242,7 @@ def build_shards(spec: BuildSpec, num_workers: int = 1,
     log(f"{result.name}: {result.num_examples} examples, {len(result.skipped)} skipped")
   report = BuildReport([results[n] for n in names], None)
   _write_skipped(spec, report.skipped)
+  _write_jsonl(os.path.join(spec.output_dir, WARNINGS_NAME), report.warnings)
   if report.num_examples == 0:
     return report
   return dataclasses.replace(report, manifest_path=_write_manifest(spec, report.shards))
@@ -248,9 +264,12 @@ def _run(spec: BuildSpec, pending: list[tuple[int, list[Item]]], count: int, num
 
 
 def _write_skipped(spec: BuildSpec, skipped: list[dict[str, str]]) -> None:
-  with atomic_path(os.path.join(spec.output_dir, records.SKIPPED_NAME)) as tmp, \
-      open(tmp, "w") as f:
-    f.writelines(json.dumps(item) + "\n" for item in skipped)
+  _write_jsonl(os.path.join(spec.output_dir, records.SKIPPED_NAME), skipped)
+
+
+def _write_jsonl(path: str, rows: list[dict[str, str]]) -> None:
+  with atomic_path(path) as tmp, open(tmp, "w") as f:
+    f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 def _write_manifest(spec: BuildSpec, shards: list[ShardResult]) -> str:
@@ -276,6 +295,13 @@ def _positive(text: str) -> int:
   return value
 
 
+def _non_negative(text: str) -> int:
+  value = int(text)
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+  return value
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="vidjax build-shards", description=__doc__.split("\n", 1)[0],
@@ -297,6 +323,9 @@ def _parser() -> argparse.ArgumentParser:
   add("--stride", type=_positive, default=4)
   add("--height", type=_positive, default=256)
   add("--width", type=_positive, default=256)
+  add("--min_source_side", type=_non_negative, default=16,
+      help="skip sources whose centre crop has a side under this many pixels (upscaling more is guesswork; "
+      "smaller upscales are warned about); 0 takes any size (default 16, what vidjax edit refuses)")
   add("--depth", choices=depth_estimators.DEPTH_METHODS,
       help="default: toy for --source toy; required otherwise")
   add("--depth_dir", help="depth folder: <depth_dir>/<key>.npy")
@@ -326,7 +355,7 @@ def spec_from_args(args: argparse.Namespace) -> BuildSpec:
                      "pass --depth folder or --depth dpt (toy ground truth needs --source toy)")
   depth_estimators.check_depth_method(depth, depth_dir=args.depth_dir,
                                       depth_weights=args.depth_weights)
-  clip = ClipSpec(args.num_frames, args.stride, args.height, args.width)
+  clip = ClipSpec(args.num_frames, args.stride, args.height, args.width, args.min_source_side)
   return BuildSpec(source, clip, args.output_dir, depth, args.depth_dir, args.depth_weights,
                    args.examples_per_shard)
 
@@ -342,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
   except VidjaxError as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_ERROR
+  for item in report.warnings:
+    print(f"warning: {item['source']}: {item['warning']}", file=sys.stderr)
   for item in report.skipped:
     print(f"skipped {item['source']}: {item['reason']}", file=sys.stderr)
   if report.num_examples == 0:

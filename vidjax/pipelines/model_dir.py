@@ -46,7 +46,8 @@ SAMPLING_DEFAULTS = {"guidance_scale": 5.0, "temporal_guidance": 1.0, "num_infer
 class ModelDir:
   """Everything an inference pipeline needs from a checkpoint directory.
 
-  tokenizer: prompts (list[str]) -> int32 (B, L) ids, or None for image-conditioned models.
+  tokenizer: prompts (list[str]) -> int32 (B, L) ids (a `vidjax.data.loader.Tokenizer`: its `losses(prompts)` say
+    what tokenizing changes or drops), or None for image-conditioned models.
   depth_estimator: (config, params) of a bundled DPT, or None.
   """
 
@@ -100,8 +101,8 @@ def check_sampling_defaults(values: Any, where: str) -> dict[str, float | int]:
 
 
 def _tokenizer(path: str, context_length: int) -> Callable[[list[str]], np.ndarray]:
-  from vidjax.data.loader import tokenize  # transformers' AutoTokenizer: CLIP BPE folders and the toy vocabulary
-  return lambda prompts: tokenize(list(prompts), path, context_length)
+  from vidjax.data.loader import Tokenizer  # transformers' AutoTokenizer: CLIP BPE folders and the toy vocabulary
+  return Tokenizer(path, context_length)
 
 
 def load_model_dir(path: str | os.PathLike) -> ModelDir:
