@@ -16,9 +16,9 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "eval", 
 
 
 def _args(checkpoint, workdir, *extra):
-  return ["--config", CONFIG, "--workdir", str(workdir), f"--config.checkpoint={checkpoint}",
-          "--config.num_items=3", f"--config.num_frames={tiny_model_dir.FRAMES}", f"--config.size={tiny_model_dir.SIZE}",
-          "--config.stride=1", "--config.num_inference_steps=2", "--config.guidance_scale=1.0", *extra]
+  return ["--config", CONFIG, "--workdir", str(workdir), f"--config.checkpoint={checkpoint}", "--config.num_items=2",
+          f"--config.num_frames={tiny_model_dir.FRAMES}", f"--config.size={tiny_model_dir.SIZE}", "--config.stride=1",
+          "--config.num_inference_steps=2", "--config.guidance_scale=1.0", *extra]
 
 
 def test_evaluate_writes_results_and_resumes_without_recomputing(tmp_path, monkeypatch):
@@ -32,13 +32,13 @@ def test_evaluate_writes_results_and_resumes_without_recomputing(tmp_path, monke
   results = json.loads((workdir / "results.json").read_text())
   assert [f["metric"] for f in results["figures"]] == ["toy_silhouette_iou", "toy_colour_accuracy",
                                                        "toy_frame_consistency"]
-  assert all(f["count"] == 3 and 0.0 <= f["value"] for f in results["figures"])
-  assert len(computed) == 3 and results["settings"]["num_items"] == 3
+  assert all(f["count"] == 2 and 0.0 <= f["value"] for f in results["figures"])
+  assert len(computed) == 2 and results["settings"]["num_items"] == 2
   # A restart recomputes nothing; one lost item is the only one recomputed, with the same figures.
   os.remove(workdir / "features" / f"toy-{computed[1]}.npz")
   (workdir / "results.json").unlink()
   assert cli.main(["evaluate", *_args(checkpoint, workdir)]) == 0
-  assert computed[3:] == [computed[1]]
+  assert computed[2:] == [computed[1]]
   assert json.loads((workdir / "results.json").read_text()) == results
 
 
