@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -51,3 +53,19 @@ def test_evaluate_refuses_other_settings_in_the_same_workdir(tmp_path, capsys):
   assert cli.main(["evaluate", *_args("none", tmp_path / "b", "--config.protocol=ucf101")]) == EXIT_ERROR
   assert "not implemented" in capsys.readouterr().err
   assert not (tmp_path / "b" / "features").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_through_launch_local_give_the_figures_of_one(tmp_path):
+  checkpoint = tiny_model_dir.write(tmp_path / "model")
+  assert cli.main(["evaluate", *_args(checkpoint, tmp_path / "one", "--config.num_items=4")]) == 0
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+  command = [sys.executable, "-m", "launch.local", "--num_processes", "2", "--", "evaluate",
+             *_args(checkpoint, tmp_path / "two", "--config.num_items=4")]
+  run = subprocess.run(command, env=env, cwd=root, timeout=600, capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "4 items (2 computed" in run.stdout  # process 0 computed its half; process 1 the other
+  one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two"))
+  assert one["figures"] == two["figures"] and one["items"] == two["items"]
+  assert sorted(os.listdir(tmp_path / "two" / "features")) == [k + ".npz" for k in sorted(one["items"])]

@@ -8,8 +8,10 @@ resumably and data-parallel-ready (`vidjax.eval.job`):
   <workdir>/features/       one .npz of per-item features per item, written as soon as it is computed
   <workdir>/results.json    the figures (metric, value, count, protocol), checkpoint and code version
 
-Process p of P (`jax.process_index()`, `jax.process_count()`) computes every P-th item into the shared
-workdir; after a barrier, process 0 scores all cached items, so the figures do not depend on P.
+Process p of P (`jax.process_index()`, `jax.process_count()`, joined by `maybe_initialize_distributed`
+under launch.local, SLURM or a TPU VM) computes every P-th item into the shared workdir, one item at a
+time on its first local device; after a barrier, process 0 scores all cached items, so the figures do
+not depend on P.
 Protocols: 'toy' (configs/eval/toy.py, the embedded default). A killed job restarted with the same
 workdir recomputes no cached item; the model is loaded only when some item is missing.
 """
@@ -31,6 +33,7 @@ from tqdm import tqdm
 
 from vidjax.errors import ConfigError, atomic_path
 from vidjax.eval import job, toy_edit, toy_metrics
+from vidjax.parallel import maybe_initialize_distributed
 from vidjax.pipelines.edit import VideoEditPipeline
 
 PROTOCOLS = ("toy",)
@@ -88,6 +91,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   items whose features this call computed.
   """
   settings = _settings(config)
+  maybe_initialize_distributed()  # under a launcher (launch.local, SLURM, TPU VM): before any backend use
   os.makedirs(workdir, exist_ok=True)
   _check_workdir(workdir, settings)
   cases = toy_edit.edit_cases(config.num_items, first_seed=config.first_seed, num_frames=config.num_frames,
