@@ -36,6 +36,10 @@ def test_evaluate_writes_results_and_resumes_without_recomputing(tmp_path, monke
                                                        "toy_frame_consistency"]
   assert all(f["count"] == 2 and 0.0 <= f["value"] for f in results["figures"])
   assert len(computed) == 2 and results["settings"]["num_items"] == 2
+  page = (workdir / "index.html").read_text()
+  for key in results["items"]:
+    assert f'src="videos/{key}.gif"' in page and (workdir / "videos" / f"{key}.gif").stat().st_size > 0
+  assert "toy_colour_accuracy" in page and any(n.startswith("events.") for n in os.listdir(workdir / "logs"))
   # A restart recomputes nothing; one lost item is the only one recomputed, with the same figures.
   os.remove(workdir / "features" / f"toy-{computed[1]}.npz")
   (workdir / "results.json").unlink()

@@ -6,7 +6,10 @@ resumably and data-parallel-ready (`vidjax.eval.job`):
   <workdir>/settings.json   the config the features were computed with (a restart with other settings
                             is refused: its cached features would mix two protocols)
   <workdir>/features/       one .npz of per-item features per item, written as soon as it is computed
+  <workdir>/videos/         each item's output beside its source and target (.gif), written with its features
   <workdir>/results.json    the figures (metric, value, count, protocol), checkpoint and code version
+  <workdir>/index.html      the figures, then every item's video beside its scores
+  <workdir>/logs/           the figures as TensorBoard scalars (step 0)
 
 Process p of P (`jax.process_index()`, `jax.process_count()`, joined by `maybe_initialize_distributed`
 under launch.local, SLURM or a TPU VM) computes every P-th item into the shared workdir, one item at a
@@ -31,8 +34,11 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from tensorboardX import SummaryWriter
+
+from vidjax.data import video_io
 from vidjax.errors import ConfigError, atomic_path
-from vidjax.eval import job, toy_edit, toy_metrics
+from vidjax.eval import job, page, toy_edit, toy_metrics
 from vidjax.parallel import maybe_initialize_distributed
 from vidjax.pipelines.edit import VideoEditPipeline
 
@@ -107,7 +113,10 @@ def run(config, workdir: str) -> dict[str, Any]:
     result = pipe[0](depth=case.source.disparity, prompt=case.target_caption, seed=case.seed,
                      num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
                      temporal_guidance=1.0)
-    return toy_metrics.case_features(np.asarray(result.frames), case)
+    output = np.asarray(result.frames)
+    grid = video_io.make_grid([case.source.rgb, output, case.target.rgb], ["source", "output", "target"])
+    video_io.write_video(os.path.join(workdir, "videos", key + ".gif"), grid)
+    return toy_metrics.case_features(output, case)
 
   cache = job.FeatureCache(os.path.join(workdir, "features"))
   mine = job.process_slice(keys, jax.process_index(), jax.process_count())
@@ -127,6 +136,12 @@ def run(config, workdir: str) -> dict[str, Any]:
   results = job.write_results(os.path.join(workdir, "results.json"), figures,
                               checkpoint=config.checkpoint or "embedded toy checkpoint",
                               extra={"protocol": config.protocol, "settings": settings, "items": keys})
+  scalars = lambda f: {name: float(v) for name, v in f.items() if np.ndim(v) == 0}
+  page.write_page(os.path.join(workdir, "index.html"), f"vidjax evaluate: {config.protocol}", figures,
+                  [(key, f"videos/{key}.gif", scalars(features[key])) for key in keys])
+  with SummaryWriter(os.path.join(workdir, "logs")) as writer:
+    for figure in figures:
+      writer.add_scalar(f"eval/{figure.metric}", figure.value, 0)
   print(f"{len(keys)} items ({computed} computed in {time.perf_counter() - start:.0f} s, "
         f"{len(keys) - computed} from the cache): "
         + " | ".join(f"{f.metric} {f.value:.4f}" for f in figures))
