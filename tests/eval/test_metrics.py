@@ -40,7 +40,7 @@ def _reference_fvd(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _reference_kvd(x: np.ndarray, y: np.ndarray, num_subsets: int, subset_size: int, seed: int) -> float:
-  """KID as StyleGAN2-ADA / StyleGAN-V compute it (x generated, y real), with the same subset draws."""
+  """KID as StyleGAN2-ADA's kernel_inception_distance computes it (x generated, y real), same subset draws."""
   rng = np.random.default_rng(seed)
   n = x.shape[1]
   m = min(min(x.shape[0], y.shape[0]), subset_size)

@@ -148,14 +148,14 @@ def _enough_items(x: np.ndarray, role: str, metric: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class FVD(Metric):
-  """Fréchet Video Distance (Unterthiner et al. 2018) between generated and reference I3D features.
+  """Fréchet Video Distance (Unterthiner et al. 2019) between generated and reference I3D features.
 
-  Protocol (StyleGAN-V's and cd-fvd's, which Make-Your-Video's UCF-101 figures follow): Kinetics-400
-  I3D logits (`feature='i3d_logits'`, 400-d; 'i3d_pooled' is the 1024-d pre-logit pool) of 16-frame
-  clips resized to 224 x 224 (`vidjax.models.i3d.preprocess_videos`); 2048 generated videos against
-  the reference set; covariances normalised by N. Sets with fewer items than the feature dimension
-  are refused (their covariance is singular, the figure would mostly measure the sample count).
-  Lower is better; a set against itself scores 0.
+  Protocol (cd-fvd's and StyleGAN-V's I3D FVD; Make-Your-Video Sec. 4.1 compares 2K samples of 16 frames
+  with UCF-101): Kinetics-400 I3D logits (`feature='i3d_logits'`, 400-d; 'i3d_pooled' is the 1024-d
+  pre-logit pool) of 16-frame clips resized to 224 x 224 (`vidjax.models.i3d.preprocess_videos`); 2048
+  generated videos against the reference set; covariances normalised by N. Sets with fewer items than
+  the feature dimension are refused (their covariance is singular, the figure would mostly measure the
+  sample count). Lower is better; a set against itself scores 0.
   """
 
   feature: str = "i3d_logits"
@@ -184,10 +184,11 @@ class FVD(Metric):
 class KVD(Metric):
   """Kernel Video Distance: the unbiased MMD^2 of I3D features under k(x, y) = (x.y / D + 1)^3, in subsets.
 
-  Protocol (KID's, Bińkowski et al. 2018, as StyleGAN-V computes KID and KVD): `num_subsets` (100)
-  times, draw `subset_size` items (1000, or the smaller set's size) without replacement from the
-  generated set, then as many from the reference set, with numpy's `default_rng(seed)`; average the
-  unbiased MMD^2 estimates. Same features as FVD (I3D logits of 16 frames at 224). Lower is better;
+  Protocol (KVD of Unterthiner et al. 2019, which Make-Your-Video reports, with the subset estimator of
+  KID, Bińkowski et al. 2018, as StyleGAN2-ADA computes it): `num_subsets` (100) times, draw
+  `subset_size` items (1000, or the smaller set's size) without replacement from the generated set,
+  then as many from the reference set, with numpy's `default_rng(seed)`; average the unbiased MMD^2
+  estimates. Same features as FVD (I3D logits of 16 frames at 224). Lower is better;
   it can be slightly negative for equal distributions.
   """
 
