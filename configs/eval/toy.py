@@ -7,7 +7,7 @@ the training seeds), the embedded checkpoint (`vidjax/assets/toy`) edits each on
 with new colours), and the toy metrics score them (`vidjax.eval.toy_metrics`: silhouette IoU, colour
 accuracy, frame consistency). Features are cached per item under <workdir>/features, so a killed job
 restarted with the same workdir computes only the missing items; the figures go to
-<workdir>/results.json. Expected on the shared 2-core CPU machine: about 10 s per item, and at the
+<workdir>/results.json. Expected on the shared 2-core CPU machine: 10 to 15 s per item, and at the
 defaults the figures of `vidjax eval-toy-edit --num_clips 8` (same scenes, steps and guidance).
 """
 
