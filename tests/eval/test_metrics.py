@@ -13,8 +13,8 @@ from vidjax.errors import InputError
 from vidjax.eval import features, metrics
 from vidjax.models import clip, i3d
 
-metric_utils = pytest.importorskip("cdfvd.utils.metric_utils", reason="the oracle: pip install --no-deps cd-fvd==0.1.1")
 REL = 1e-6
+CD_FVD = "the oracle: pip install --no-deps cd-fvd==0.1.1"
 
 
 def _gaussian_features(rng, count: int, dim: int, shift: float = 0.0) -> np.ndarray:
@@ -28,6 +28,7 @@ def _gaussian_features(rng, count: int, dim: int, shift: float = 0.0) -> np.ndar
 
 def _reference_fvd(x: np.ndarray, y: np.ndarray) -> float:
   """cd-fvd's `compute_fvd_from_stats` on its own `FeatureStats` (StyleGAN-V's formula), written out."""
+  metric_utils = pytest.importorskip("cdfvd.utils.metric_utils", reason=CD_FVD)
   stats = []
   for features in (x, y):
     s = metric_utils.FeatureStats(capture_mean_cov=True)
