@@ -195,7 +195,7 @@ def test_features_sharded_over_eight_devices_equal_one_device():
   config = i3d.I3DConfig(num_classes=13, channel_divisor=8)
   params = i3d.init_params(config, seed=0)
   videos = _smooth_videos(np.random.default_rng(5), 11)  # 11 clips: the last batch of 8 is padded
-  runs = {n: features.i3d_video_features(config, params, videos, num_frames=9, size=i3d.MIN_SIZE, batch_size=4,
+  runs = {n: features.i3d_video_features(config, params, videos, num_frames=9, size=i3d.MIN_SIZE, batch_size=8,
                                          mesh=features.data_mesh(n)) for n in (1, 0)}
   assert features.data_mesh(0).devices.size == 8 and features.data_mesh(1).devices.size == 1
   for name in ("i3d_logits", "i3d_pooled"):

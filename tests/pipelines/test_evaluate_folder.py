@@ -1,0 +1,167 @@
+"""`vidjax evaluate` on the video protocols (folder, ucf101) with a narrow random I3D: sharding, bad input, weights.
+
+I3D here: channels / 8 and 5 classes (so 5 readable videos per set make a stable FVD), 9 frames at 193 x 193.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from vidjax import cli
+from vidjax.convert import pretrained
+from vidjax.data.video_io import write_video
+from vidjax.errors import EXIT_ERROR, EXIT_PARTIAL
+from vidjax.eval import job
+from vidjax.models import i3d
+from vidjax.pipelines import eval_protocols
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+FOLDER = os.path.join(ROOT, "configs", "eval", "folder.py")
+I3D = i3d.I3DConfig(num_classes=5, channel_divisor=8)
+
+
+def _clip(rng, shift: float, frames: int = 10) -> np.ndarray:
+  """A smooth moving pattern (24 x 32), its brightness offset by `shift`: one distribution per shift."""
+  t, y, x = np.meshgrid(np.arange(frames), np.arange(24), np.arange(32), indexing="ij")
+  phase = rng.uniform(0, 2 * np.pi, size=3)
+  rgb = [np.sin(x / (4 + i) + t * 0.3 + phase[i]) + np.cos(y / 5 - t * 0.2) for i in range(3)]
+  return np.clip(np.stack(rgb, -1) * 50 + 110 + shift, 0, 255).astype(np.uint8)
+
+
+def _folders(tmp_path, bad: bool = True, reference_count: int = 6):
+  rng = np.random.default_rng(0)
+  gen, ref = tmp_path / "generated", tmp_path / "reference"
+  for i in range(6):
+    write_video(gen / f"sub/g{i}.mp4", _clip(rng, 40.0))
+  for i in range(reference_count):
+    write_video(ref / f"r{i}.mp4", _clip(rng, 0.0))
+  if bad:  # the kinds tests/data/test_build_shards.py makes
+    full = open(write_video(gen / "truncated.mp4", _clip(rng, 40.0)), "rb").read()
+    (gen / "truncated.mp4").write_bytes(full[:len(full) // 2])
+    (gen / "empty.mp4").write_bytes(b"")
+    (gen / "notes.mp4").write_text("this is a text file, not a video\n")
+  return gen, ref
+
+
+@pytest.fixture(scope="module")
+def i3d_dir(tmp_path_factory):
+  return pretrained.save_pretrained(tmp_path_factory.mktemp("w") / "i3d", {"i3d": (I3D, i3d.init_params(I3D, seed=1))})
+
+
+def _args(workdir, gen, ref, weights, *extra):
+  return ["evaluate", "--config", FOLDER, "--workdir", str(workdir), f"--config.generated_dir={gen}",
+          f"--config.reference_dir={ref}", f"--config.i3d_dir={weights}", "--config.num_frames=9",
+          f"--config.i3d_size={i3d.MIN_SIZE}", "--config.batch_size=8", "--config.kvd_subsets=5", *extra]
+
+
+def _check_results(results: dict) -> None:
+  assert [f["metric"] for f in results["figures"]] == ["fvd", "kvd"]
+  assert [f["count"] for f in results["figures"]] == [6, 6]  # the 6 readable generated videos
+  assert sorted(os.path.basename(s["source"]) for s in results["skipped"].values()) == ["empty.mp4", "notes.mp4",
+                                                                                         "truncated.mp4"]
+  assert all(s["reason"] for s in results["skipped"].values())
+  assert results["figures"][0]["value"] > 0.0  # the sets differ (brightness)
+
+
+def test_folder_protocol_skips_bad_videos_and_resumes(tmp_path, i3d_dir, capsys):
+  gen, ref = _folders(tmp_path)
+  assert cli.main(_args(tmp_path / "run", gen, ref, i3d_dir)) == EXIT_PARTIAL
+  captured = capsys.readouterr()
+  for name in ("truncated.mp4", "empty.mp4", "notes.mp4"):
+    assert f"skipped {gen / name}: " in captured.err
+  assert "(12 computed" in captured.out
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  _check_results(results)
+  assert len(os.listdir(tmp_path / "run" / "features")) == 12  # skipped items are not cached
+  assert "fvd" in (tmp_path / "run" / "index.html").read_text()
+  # A restart recomputes no cached item and reports the same figures.
+  assert cli.main(_args(tmp_path / "run", gen, ref, i3d_dir)) == EXIT_PARTIAL
+  assert "(0 computed" in capsys.readouterr().out
+  assert json.loads((tmp_path / "run" / "results.json").read_text())["figures"] == results["figures"]
+
+
+@pytest.mark.slow
+def test_folder_protocol_on_eight_devices_equals_one(tmp_path, i3d_dir):
+  """The job-level check (the fast variant: test_metrics' sharded features on 8 devices against 1)."""
+  gen, ref = _folders(tmp_path)
+  assert len(jax.local_devices()) == 8
+  for n in (1, 0):
+    assert cli.main(_args(tmp_path / f"d{n}", gen, ref, i3d_dir, f"--config.num_devices={n}")) == EXIT_PARTIAL
+  one, eight = (json.loads((tmp_path / f"d{n}" / "results.json").read_text()) for n in (1, 0))
+  _check_results(one)
+  for a, b in zip(one["figures"], eight["figures"]):
+    assert b["value"] == pytest.approx(a["value"], rel=1e-3, abs=1e-3 * abs(one["figures"][0]["value"]))
+
+
+def test_missing_weights_and_too_few_videos_are_refused_before_work(tmp_path, i3d_dir, capsys):
+  gen, ref = _folders(tmp_path, bad=False, reference_count=3)
+  assert cli.main(_args(tmp_path / "w1", gen, ref, tmp_path / "absent")) == EXIT_ERROR
+  err = capsys.readouterr().err
+  assert "config.i3d_dir" in err and "config.json is missing" in err and "vidjax convert i3d" in err
+  assert not (tmp_path / "w1").exists()
+  assert cli.main(_args(tmp_path / "w2", gen, ref, "")) == EXIT_ERROR
+  assert "needs the I3D weights" in capsys.readouterr().err
+  assert cli.main(_args(tmp_path / "w3", gen, ref, i3d_dir, f"--config.clip_dir={tmp_path / 'noclip'}")) == EXIT_ERROR
+  assert "vidjax convert clip" in capsys.readouterr().err
+  assert cli.main(_args(tmp_path / "w4", gen, ref, i3d_dir)) == EXIT_ERROR
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "reference videos: 3 are too few for a stable FVD" in err[0]
+  assert "score at least 5 reference videos" in err[0]
+  assert not (tmp_path / "w4" / "features").exists()
+
+
+def test_convert_i3d_command_writes_the_directory_the_job_reads(tmp_path):
+  """A PyTorch-layout state dict (made from our params by the inverse renames) -> `vidjax convert i3d` -> same params."""
+  from safetensors.numpy import save_file
+
+  params = i3d.init_params(I3D, seed=4)
+  state = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names = [p.key for p in path]
+    leaf = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}.get(names[-1],
+                                                                                                   names[-1])
+    value = np.asarray(value)
+    value = value.transpose(4, 3, 0, 1, 2) if names[-1] == "kernel" else value
+    state[".".join(names[:-1] + [leaf])] = np.ascontiguousarray(value)  # safetensors writes raw memory
+  save_file(state, tmp_path / "i3d.safetensors")
+  assert cli.main(["convert", "i3d", str(tmp_path / "i3d.safetensors"), str(tmp_path / "out")]) == 0
+  config, loaded = pretrained.load_pretrained(tmp_path / "out", ("i3d",))["i3d"]
+  assert config == I3D  # classes and width read from the state dict
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+    np.testing.assert_array_equal(a, b)
+  assert cli.main(["convert", "i3d", str(tmp_path / "missing.pt"), str(tmp_path / "out2")]) == EXIT_ERROR
+
+
+def test_ucf101_protocol_samples_class_prompts_and_scores_generated_against_real(tmp_path, i3d_dir):
+  rng = np.random.default_rng(3)
+  for name in ("ApplyEyeMakeup", "YoYo"):
+    for i in range(4):
+      write_video(tmp_path / "UCF-101" / name / f"v_{name}_g01_c0{i}.mp4", _clip(rng, 0.0, frames=20))
+  (tmp_path / "UCF-101" / "YoYo" / "v_YoYo_g02_c01.mp4").write_bytes(b"")
+  config = ml_collections.ConfigDict(dict(
+      protocol="ucf101", i3d_dir=i3d_dir, depth_dir="", real_source="folder", ucf101_dir=str(tmp_path / "UCF-101"),
+      num_samples=8, num_frames=9, stride=2, size=24, i3d_size=i3d.MIN_SIZE, fvd_feature="i3d_logits",
+      kvd_subsets=3, kvd_subset_size=1000, seed=0, batch_size=4, num_devices=0))
+  prompts = []
+
+  def generate(clip, prompt, seed):
+    prompts.append((prompt, seed))
+    assert clip.shape == (9, 24, 24, 3)
+    return np.clip(clip.astype(np.int32) + 30, 0, 255).astype(np.uint8)  # a brighter "generation"
+
+  done = eval_protocols.run_ucf101(config, str(tmp_path / "run"), generate)
+  assert len(done["items"]) == 7 and len(done["skipped"]) == 1  # 8 sampled of 9, the empty file skipped
+  assert {p for p, _ in prompts} == {"apply eye makeup", "yo yo"}
+  assert len({s for _, s in prompts}) == len(prompts)  # one seed per item
+  fvd = done["figures"][0]
+  assert fvd.metric == "fvd" and fvd.count == 7 and fvd.value > 0.0 and done["figures"][1].metric == "kvd"
+  assert eval_protocols.class_prompt("PlayingDaf") == "playing daf"
+  assert eval_protocols.sample_keys(list("abcdef"), 3, 0) == eval_protocols.sample_keys(list("abcdef"), 3, 0)
+  cached = job.FeatureCache(tmp_path / "run" / "features").load(done["items"][0])
+  assert set(cached) == {"i3d_logits", "i3d_pooled", "real_i3d_logits", "real_i3d_pooled"}
