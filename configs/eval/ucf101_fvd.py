@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.depth_dir = ""  # optional: `vidjax convert dpt ...` output; empty: the checkpoint's depth estimator
   config.real_source = "folder"  # 'folder' (ucf101_dir) or 'tfds' (tfds_data_dir)
   config.ucf101_dir = ""  # UCF-101/<ClassName>/*.avi
-  config.tfds_data_dir, config.tfds_split = "", "train"
+  config.tfds_name, config.tfds_data_dir, config.tfds_split = "ucf101", "", "train"  # prepared as array_record
   config.num_samples = 2048  # "2K model samples"
   config.num_frames, config.stride, config.size = 16, 4, 256
   config.i3d_size = 224

@@ -16,7 +16,7 @@ import pytest
 from vidjax import cli
 from vidjax.convert import pretrained
 from vidjax.data.video_io import write_video
-from vidjax.errors import EXIT_ERROR, EXIT_PARTIAL
+from vidjax.errors import EXIT_ERROR, EXIT_PARTIAL, InputError
 from vidjax.eval import job
 from vidjax.models import i3d
 from vidjax.pipelines import eval_protocols
@@ -165,3 +165,37 @@ def test_ucf101_protocol_samples_class_prompts_and_scores_generated_against_real
   assert eval_protocols.sample_keys(list("abcdef"), 3, 0) == eval_protocols.sample_keys(list("abcdef"), 3, 0)
   cached = job.FeatureCache(tmp_path / "run" / "features").load(done["items"][0])
   assert set(cached) == {"i3d_logits", "i3d_pooled", "real_i3d_logits", "real_i3d_pooled"}
+
+
+def test_ucf101_protocol_reads_a_tfds_builder_and_refuses_an_unprepared_one(tmp_path, i3d_dir):
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  class VidjaxEvalUcfLike(tfds.core.GeneratorBasedBuilder):
+    """ucf101's features (video, label with UCF class names); `tfds.testing.mock_data` fills it."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "video": tfds.features.Tensor(shape=(12, 24, 32, 3), dtype=np.uint8),
+          "label": tfds.features.ClassLabel(names=["ApplyEyeMakeup", "YoYo"])}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      raise NotImplementedError("examples come from tfds.testing.mock_data")
+
+  config = ml_collections.ConfigDict(dict(
+      protocol="ucf101", i3d_dir=i3d_dir, depth_dir="", real_source="tfds", tfds_name="vidjax_eval_ucf_like",
+      tfds_data_dir=str(tmp_path / "tfds"), tfds_split="train", num_samples=6, num_frames=9, stride=1, size=24,
+      i3d_size=i3d.MIN_SIZE, fvd_feature="i3d_logits", kvd_subsets=3, kvd_subset_size=1000, seed=0, batch_size=8,
+      num_devices=0))
+  brighter = lambda clip, prompt, seed: np.clip(clip.astype(np.int32) + 30, 0, 255).astype(np.uint8)
+  with pytest.raises(InputError, match="cannot be opened.*array_record"):
+    eval_protocols.run_ucf101(config, str(tmp_path / "unprepared"), brighter)
+  with tfds.testing.mock_data(num_examples=7):
+    done = eval_protocols.run_ucf101(config, str(tmp_path / "run"), brighter)
+  assert len(done["items"]) == 6 and not done["skipped"] and done["figures"][0].count == 6
+  assert all(key.startswith("tfds-") for key in done["items"])
+  del VidjaxEvalUcfLike

@@ -235,40 +235,38 @@ def sample_keys(keys: Sequence[str], count: int, seed: int) -> list[str]:
 
 
 class TfdsClips:
-  """Clips of the TFDS `ucf101` builder, prepared locally (nothing is downloaded), read in increasing index order.
+  """Clips of a TFDS video builder (`ucf101`) prepared locally in the array_record format, read by index.
 
-  `clip(index)` walks the split forward (a restart from an earlier index reopens it), so a job that
-  takes its items in order reads the split once.
+  Nothing is downloaded: an unprepared builder is an InputError saying how to prepare it.
   """
 
-  def __init__(self, data_dir: str, split: str, num_frames: int, stride: int):
+  def __init__(self, name: str, data_dir: str, split: str, num_frames: int, stride: int):
     import tensorflow_datasets as tfds  # optional and heavy: only this source needs it
 
     try:
-      self.builder = tfds.builder("ucf101", data_dir=data_dir or None)
-    except Exception as e:  # noqa: BLE001 -- tfds raises many kinds for a bad data_dir
-      raise InputError(f"TFDS ucf101 under {data_dir!r}", f"cannot be opened ({e})", _TFDS_FIX) from e
-    if not os.path.isdir(self.builder.data_dir) or not self.builder.info.splits:
-      raise InputError(f"TFDS ucf101 under {data_dir!r}", "is not prepared", _TFDS_FIX)
-    self.tfds, self.split, self.num_frames, self.stride = tfds, split, num_frames, stride
-    self.names = self.builder.info.features["label"].names
-    self.size = self.builder.info.splits[split].num_examples
-    self._iter, self._next = None, 0
+      builder = tfds.builder(name, data_dir=data_dir or None)
+      self.source = builder.as_data_source(split=split)
+      self.names = builder.info.features["label"].names
+    except Exception as e:  # noqa: BLE001 -- tfds raises many kinds for an absent or unprepared dataset
+      reason = " ".join(str(e).split())[:300]  # one line: tfds' messages span several
+      raise InputError(f"TFDS {name}/{split} under {data_dir!r}", f"cannot be opened ({type(e).__name__}: {reason})",
+                       _TFDS_FIX) from e
+    self.where, self.num_frames, self.stride = f"tfds {name} {split}", num_frames, stride
 
-  def clip(self, index: int) -> tuple[np.ndarray, str]:
-    if self._iter is None or index < self._next:
-      self._iter, self._next = iter(self.tfds.as_numpy(self.builder.as_dataset(split=self.split, shuffle_files=False))), 0
-    while self._next <= index:
-      example = next(self._iter)
-      self._next += 1
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def clip(self, index: int) -> tuple[np.ndarray, str] | job.Skipped:
+    example = self.source[index]
     video = np.asarray(example["video"])[::self.stride][:self.num_frames]
     if len(video) < self.num_frames:
-      raise InputError(f"ucf101 {self.split}[{index}]", f"{len(video)} frames at stride {self.stride}",
-                       f"lower config.stride or num_frames (the protocol needs {self.num_frames})")
+      return job.Skipped(f"{self.where}[{index}]: {len(video)} frames at stride {self.stride}, the protocol takes "
+                         f"{self.num_frames}")
     return video, self.names[int(example["label"])]
 
 
-_TFDS_FIX = ("prepare it yourself (`tfds build ucf101 --data_dir DIR`; vidjax downloads nothing) and pass "
+_TFDS_FIX = ("prepare it yourself with file_format='array_record' (`tfds build ucf101 --data_dir DIR "
+             "--file_format array_record`; vidjax downloads nothing) and pass "
              "--config.tfds_data_dir=DIR, or use --config.real_source=folder --config.ucf101_dir=UCF-101")
 
 
@@ -294,11 +292,11 @@ def run_ucf101(config, workdir: str, generate: Callable[[np.ndarray, str, int], 
 
     source = {k: listed[k][0] for k in keys}
   elif config.real_source == "tfds":
-    tfds_clips = TfdsClips(config.tfds_data_dir, config.tfds_split, config.num_frames, config.stride)
-    indices = sample_keys([str(i) for i in range(tfds_clips.size)], config.num_samples, config.seed)
-    keys = [f"ucf-tfds-{int(i):06d}" for i in indices]
-    real = lambda key: tfds_clips.clip(int(key.rsplit("-", 1)[1]))
-    source = {k: f"tfds ucf101 {config.tfds_split}[{int(k.rsplit('-', 1)[1])}]" for k in keys}
+    tfds_clips = TfdsClips(config.tfds_name, config.tfds_data_dir, config.tfds_split, config.num_frames, config.stride)
+    indices = sample_keys([str(i) for i in range(len(tfds_clips))], config.num_samples, config.seed)
+    keys = [f"tfds-{int(i):07d}" for i in indices]
+    real = lambda key: tfds_clips.clip(int(key.split("-")[1]))
+    source = {k: f"{tfds_clips.where}[{int(k.split('-')[1])}]" for k in keys}
   else:
     raise ConfigError("config.real_source", f"{config.real_source!r}", "use 'folder' or 'tfds'")
   too_few(len(keys), dim, "UCF-101", f"I3D {config.fvd_feature}")
