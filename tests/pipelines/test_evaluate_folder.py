@@ -9,6 +9,7 @@ import json
 import os
 
 import jax
+import flax.linen as nn
 import ml_collections
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from vidjax.convert import pretrained
 from vidjax.data.video_io import write_video
 from vidjax.errors import EXIT_ERROR, EXIT_PARTIAL, InputError
 from vidjax.eval import job
-from vidjax.models import i3d
+from vidjax.models import clip, i3d
 from vidjax.pipelines import eval_protocols
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -50,6 +51,15 @@ def _folders(tmp_path, bad: bool = True, reference_count: int = 6):
 
 
 @pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+  """A tiny converted CLIP image tower (with a projection), as `vidjax convert clip` writes one."""
+  config = clip.CLIPVisionConfig(hidden_size=24, intermediate_size=37, num_attention_heads=4, num_hidden_layers=1,
+                                 image_size=30, patch_size=6, projection_dim=11)
+  params = nn.unbox(clip.CLIPVisionTransformer(config).init(jax.random.key(0), np.zeros((1, 30, 30, 3))))["params"]
+  return pretrained.save_pretrained(tmp_path_factory.mktemp("w") / "clip", {"image_encoder": (config, params)})
+
+
+@pytest.fixture(scope="module")
 def i3d_dir(tmp_path_factory):
   return pretrained.save_pretrained(tmp_path_factory.mktemp("w") / "i3d", {"i3d": (I3D, i3d.init_params(I3D, seed=1))})
 
@@ -60,28 +70,32 @@ def _args(workdir, gen, ref, weights, *extra):
           f"--config.i3d_size={i3d.MIN_SIZE}", "--config.batch_size=8", "--config.kvd_subsets=5", *extra]
 
 
-def _check_results(results: dict) -> None:
-  assert [f["metric"] for f in results["figures"]] == ["fvd", "kvd"]
-  assert [f["count"] for f in results["figures"]] == [6, 6]  # the 6 readable generated videos
+def _check_results(results: dict, with_clip: bool = False) -> None:
+  expected = ["fvd", "kvd"] + (["clip_frame_consistency"] if with_clip else [])
+  assert [f["metric"] for f in results["figures"]] == expected
+  assert [f["count"] for f in results["figures"]] == [6] * len(expected)  # the 6 readable generated videos
+  if with_clip:
+    assert 0.5 < results["figures"][2]["value"] < 1.0  # smooth motion: similar, not equal, frames
   assert sorted(os.path.basename(s["source"]) for s in results["skipped"].values()) == ["empty.mp4", "notes.mp4",
                                                                                          "truncated.mp4"]
   assert all(s["reason"] for s in results["skipped"].values())
   assert results["figures"][0]["value"] > 0.0  # the sets differ (brightness)
 
 
-def test_folder_protocol_skips_bad_videos_and_resumes(tmp_path, i3d_dir, capsys):
+def test_folder_protocol_skips_bad_videos_and_resumes(tmp_path, i3d_dir, clip_dir, capsys):
   gen, ref = _folders(tmp_path)
-  assert cli.main(_args(tmp_path / "run", gen, ref, i3d_dir)) == EXIT_PARTIAL
+  args = _args(tmp_path / "run", gen, ref, i3d_dir, f"--config.clip_dir={clip_dir}")
+  assert cli.main(args) == EXIT_PARTIAL
   captured = capsys.readouterr()
   for name in ("truncated.mp4", "empty.mp4", "notes.mp4"):
     assert f"skipped {gen / name}: " in captured.err
   assert "(12 computed" in captured.out
   results = json.loads((tmp_path / "run" / "results.json").read_text())
-  _check_results(results)
+  _check_results(results, with_clip=True)
   assert len(os.listdir(tmp_path / "run" / "features")) == 12  # skipped items are not cached
   assert "fvd" in (tmp_path / "run" / "index.html").read_text()
   # A restart recomputes no cached item and reports the same figures.
-  assert cli.main(_args(tmp_path / "run", gen, ref, i3d_dir)) == EXIT_PARTIAL
+  assert cli.main(args) == EXIT_PARTIAL
   assert "(0 computed" in capsys.readouterr().out
   assert json.loads((tmp_path / "run" / "results.json").read_text())["figures"] == results["figures"]
 
@@ -117,7 +131,7 @@ def test_missing_weights_and_too_few_videos_are_refused_before_work(tmp_path, i3
 
 
 def test_convert_i3d_command_writes_the_directory_the_job_reads(tmp_path):
-  """A PyTorch-layout state dict (made from our params by the inverse renames) -> `vidjax convert i3d` -> same params."""
+  """A PyTorch-layout state dict (our params, renamed back) -> `vidjax convert i3d` -> the same params."""
   from safetensors.numpy import save_file
 
   params = i3d.init_params(I3D, seed=4)

@@ -103,7 +103,8 @@ def clip_frame_features(config: clip.CLIPVisionConfig, params: Mapping[str, Any]
   n, t = frames.shape[:2]
 
   def run(p, batch):
-    return {"clip_frames": clip.encode_image(config, p, clip.preprocess_images(batch, config.image_size))["image_embeds"]}
+    pixels = clip.preprocess_images(batch, config.image_size)
+    return {"clip_frames": clip.encode_image(config, p, pixels)["image_embeds"]}
 
   embeds = _sharded_map(run, params, frames.reshape(n * t, *frames.shape[2:]), batch_size, mesh)["clip_frames"]
   return {"clip_frames": embeds.reshape(n, t, -1)}

@@ -41,8 +41,8 @@ class Weights:
 
 
 WEIGHTS = {
-    "i3d_dir": Weights("i3d", "the I3D weights (FVD/KVD features)",
-                       "vidjax convert i3d i3d_pretrained_400.pt {out}   (the Kinetics-400 InceptionI3d of TATS/cd-fvd)"),
+    "i3d_dir": Weights("i3d", "the I3D weights (FVD/KVD features; TATS' / cd-fvd's Kinetics-400 I3D)",
+                       "vidjax convert i3d i3d_pretrained_400.pt {out}"),
     "clip_dir": Weights("image_encoder", "the CLIP image tower (frame consistency)",
                         "vidjax convert clip <a transformers CLIP folder, e.g. clip-vit-large-patch14> {out}"),
     "depth_dir": Weights("depth_estimator", "the DPT depth estimator (the structure condition)",
@@ -271,7 +271,7 @@ _TFDS_FIX = ("prepare it yourself with file_format='array_record' (`tfds build u
 
 
 def run_ucf101(config, workdir: str, generate: Callable[[np.ndarray, str, int], np.ndarray]) -> dict[str, Any] | None:
-  """Make-Your-Video's zero-shot UCF-101 FVD/KVD: `num_samples` real clips, each generated from its depth and class name.
+  """Make-Your-Video's zero-shot UCF-101 FVD/KVD: `num_samples` real clips, each generated from its depth and class.
 
   Per item: the real clip (`num_frames` frames every `stride`-th, resized and centre-cropped to
   `size`), `generate(clip, prompt, seed)` -> the model's uint8 clip, and the I3D features of both
@@ -334,5 +334,6 @@ def run_ucf101(config, workdir: str, generate: Callable[[np.ndarray, str, int], 
   ref = {config.fvd_feature: job.stack(items, scored, ["real_" + config.fvd_feature])["real_" + config.fvd_feature]}
   figures = [m(gen, ref) for m in set_metrics(config, config.fvd_feature)]
   return dict(figures=figures, items=scored, computed=computed, per_item={k: {} for k in scored},
-              videos={k: os.path.join(workdir, "videos", k + ".gif") for k in scored}, seconds=time.perf_counter() - start,
+              videos={k: os.path.join(workdir, "videos", k + ".gif") for k in scored},
+              seconds=time.perf_counter() - start,
               skipped={k: {"source": source[k], "reason": r} for k, r in skipped.items()})
