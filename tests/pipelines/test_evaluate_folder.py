@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import tiny_model_dir
 from vidjax import cli
 from vidjax.convert import pretrained
 from vidjax.data.video_io import write_video
@@ -213,3 +214,27 @@ def test_ucf101_protocol_reads_a_tfds_builder_and_refuses_an_unprepared_one(tmp_
   assert len(done["items"]) == 6 and not done["skipped"] and done["figures"][0].count == 6
   assert all(key.startswith("tfds-") for key in done["items"])
   del VidjaxEvalUcfLike
+
+
+@pytest.mark.slow  # ~35 s on the shared machine; the fast variant runs run_ucf101 with a stand-in generator
+def test_ucf101_command_generates_with_a_checkpoint(tmp_path, i3d_dir, capsys):
+  """End to end through `vidjax evaluate`: a tiny random checkpoint generates each sample from its real clip."""
+  rng = np.random.default_rng(4)
+  for name in ("ApplyEyeMakeup", "YoYo"):
+    for i in range(3):
+      write_video(tmp_path / "UCF-101" / name / f"v_{name}_g01_c0{i}.mp4", _clip(rng, 0.0, frames=12))
+  args = ["evaluate", "--config", os.path.join(ROOT, "configs", "eval", "ucf101_fvd.py"),
+          "--workdir", str(tmp_path / "run"), f"--config.i3d_dir={i3d_dir}",
+          f"--config.ucf101_dir={tmp_path / 'UCF-101'}", "--config.num_samples=6", "--config.num_frames=9",
+          "--config.stride=1", f"--config.size={tiny_model_dir.SIZE}",
+          f"--config.i3d_size={i3d.MIN_SIZE}", "--config.num_inference_steps=2", "--config.guidance_scale=1.0",
+          "--config.kvd_subsets=3"]
+  assert cli.main([*args, f"--config.checkpoint={tmp_path / 'none'}"]) == EXIT_ERROR
+  assert "config.checkpoint" in capsys.readouterr().err and not (tmp_path / "run").exists()
+  checkpoint = tiny_model_dir.write(tmp_path / "model")
+  with pytest.warns(UserWarning):  # the tiny checkpoint has no depth estimator: brightness stands in
+    assert cli.main([*args, f"--config.checkpoint={checkpoint}"]) == 0
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert [f["metric"] for f in results["figures"]] == ["fvd", "kvd"] and results["figures"][0]["count"] == 6
+  assert results["figures"][0]["value"] > 0.0 and results["checkpoint"] == checkpoint
+  assert len(os.listdir(tmp_path / "run" / "videos")) == 6

@@ -115,6 +115,10 @@ def run(config, workdir: str) -> dict[str, Any]:
   settings = _settings(config)
   if config.protocol in _WEIGHTS:
     eval_protocols.check_weights(config, *_WEIGHTS[config.protocol])  # before any work
+  if config.protocol == "ucf101" and not os.path.isdir(config.checkpoint or ""):
+    raise ConfigError("config.checkpoint", f"{config.checkpoint!r} is not a checkpoint directory: the ucf101 "
+                      "protocol generates with one", "pass --config.checkpoint=DIR (e.g. the output of "
+                      "`vidjax convert make-your-video model.ckpt DIR`)")
   maybe_initialize_distributed()  # under a launcher (launch.local, SLURM, TPU VM): before any backend use
   os.makedirs(workdir, exist_ok=True)
   _check_workdir(workdir, settings)
@@ -176,9 +180,6 @@ def _run_video_protocol(config, workdir: str, settings: dict[str, Any]) -> dict[
     done = eval_protocols.run_folder(config, workdir)
     checkpoint = f"generated videos in {os.path.abspath(config.generated_dir)}"
   else:
-    if not config.checkpoint:
-      raise ConfigError("config.checkpoint", "is empty: the ucf101 protocol generates with a checkpoint",
-                        "pass --config.checkpoint=DIR (e.g. `vidjax convert make-your-video model.ckpt DIR`)")
     pipe: list[VideoEditPipeline] = []
 
     def generate(clip: np.ndarray, prompt: str, seed: int) -> np.ndarray:
