@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import flax.linen as nn
@@ -238,3 +240,19 @@ def test_ucf101_command_generates_with_a_checkpoint(tmp_path, i3d_dir, capsys):
   assert [f["metric"] for f in results["figures"]] == ["fvd", "kvd"] and results["figures"][0]["count"] == 6
   assert results["figures"][0]["value"] > 0.0 and results["checkpoint"] == checkpoint
   assert len(os.listdir(tmp_path / "run" / "videos")) == 6
+
+
+@pytest.mark.slow  # two fresh processes compile the narrow I3D
+def test_folder_protocol_with_two_processes_through_launch_local_gives_the_figures_of_one(tmp_path, i3d_dir):
+  gen, ref = _folders(tmp_path)
+  assert cli.main(_args(tmp_path / "one", gen, ref, i3d_dir)) == EXIT_PARTIAL
+  root = os.path.abspath(ROOT)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+  command = [sys.executable, "-m", "launch.local", "--num_processes", "2", "--devices_per_process", "2", "--",
+             *_args(tmp_path / "two", gen, ref, i3d_dir)]
+  run = subprocess.run(command, env=env, cwd=root, timeout=900, capture_output=True, text=True)
+  assert run.returncode == EXIT_PARTIAL, run.stderr[-2000:]
+  one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two"))
+  assert one["items"] == two["items"] and one["skipped"].keys() == two["skipped"].keys()
+  for a, b in zip(one["figures"], two["figures"]):
+    assert b["value"] == pytest.approx(a["value"], rel=1e-3, abs=1e-3 * abs(one["figures"][0]["value"]))
