@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import os
 import re
-import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
@@ -323,7 +322,6 @@ def run_ucf101(config, workdir: str, generate: Callable[[np.ndarray, str, int], 
         out[key].update(values)
     return out
 
-  start = time.perf_counter()
   done = run_items(workdir, keys, compute_batch, config.batch_size, "vidjax evaluate ucf101")
   if done is None:
     return None
@@ -335,5 +333,4 @@ def run_ucf101(config, workdir: str, generate: Callable[[np.ndarray, str, int], 
   figures = [m(gen, ref) for m in set_metrics(config, config.fvd_feature)]
   return dict(figures=figures, items=scored, computed=computed, per_item={k: {} for k in scored},
               videos={k: os.path.join(workdir, "videos", k + ".gif") for k in scored},
-              seconds=time.perf_counter() - start,
               skipped={k: {"source": source[k], "reason": r} for k, r in skipped.items()})

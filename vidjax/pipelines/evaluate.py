@@ -12,9 +12,9 @@ resumably and data-parallel-ready (`vidjax.eval.job`):
   <workdir>/logs/           the figures as TensorBoard scalars (step 0)
 
 Process p of P (`jax.process_index()`, `jax.process_count()`, joined by `maybe_initialize_distributed`
-under launch.local, SLURM or a TPU VM) computes every P-th item into the shared workdir, one item at a
-time on its first local device; after a barrier, process 0 scores all cached items, so the figures do
-not depend on P.
+under launch.local, SLURM or a TPU VM) computes every P-th item into the shared workdir (the toy
+protocol one edit at a time on its first local device); after a barrier, process 0 scores all cached
+items, so the figures do not depend on P.
 Protocols: 'toy' (configs/eval/toy.py, the embedded default), 'folder' (configs/eval/folder.py: FVD/KVD
 of a folder of generated videos against a folder of reference videos, CLIP frame consistency with
 CLIP weights) and 'ucf101' (configs/eval/ucf101_fvd.py: Make-Your-Video's zero-shot UCF-101 FVD/KVD).
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 def _settings(config) -> dict[str, Any]:
   if config.get("protocol") not in PROTOCOLS:
     raise ConfigError("config.protocol", f"{config.get('protocol')!r} is not implemented",
-                      f"use one of {PROTOCOLS} (configs/eval/toy.py)")
+                      f"use one of {PROTOCOLS} (configs/eval/toy.py, folder.py, ucf101_fvd.py)")
   return json.loads(config.to_json())
 
 
