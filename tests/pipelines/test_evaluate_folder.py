@@ -96,7 +96,8 @@ def test_folder_protocol_skips_bad_videos_and_resumes(tmp_path, i3d_dir, clip_di
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   _check_results(results, with_clip=True)
   assert len(os.listdir(tmp_path / "run" / "features")) == 12  # skipped items are not cached
-  assert "fvd" in (tmp_path / "run" / "index.html").read_text()
+  page = (tmp_path / "run" / "index.html").read_text()
+  assert "fvd" in page and page.count("<video src=") == 6 and "clip_frame_consistency" in page
   # A restart recomputes no cached item and reports the same figures.
   assert cli.main(args) == EXIT_PARTIAL
   assert "(0 computed" in capsys.readouterr().out
