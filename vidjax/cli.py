@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                       "score a checkpoint's recolouring edits of held-out toy clips (IoU, colour, consistency)"),
     "evaluate": ("vidjax.pipelines.evaluate",
                  "score a checkpoint on an evaluation protocol (configs/eval/*.py), resumable per item"),
-    "convert": ("vidjax.convert.cli", "convert diffusers / HF / Make-Your-Video checkpoints to vidjax"),
+    "convert": ("vidjax.convert.cli", "convert diffusers / HF / Make-Your-Video / PyTorch I3D checkpoints to vidjax"),
     "build-shards": ("data_pipelines.build_shards",
                      "build ArrayRecord video shards (toy world, a video folder with captions, or TFDS)"),
 }

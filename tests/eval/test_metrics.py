@@ -9,7 +9,7 @@ import pytest
 import scipy.linalg
 import scipy.ndimage
 
-from vidjax.errors import InputError
+from vidjax.errors import ConfigError, InputError
 from vidjax.eval import features, metrics
 from vidjax.models import clip, i3d
 
@@ -187,3 +187,29 @@ def test_depth_fidelity_is_invariant_to_scale_and_shift_and_penalises_other_stru
   assert correlation(depth, ref).value > 0.99
   with pytest.raises(InputError, match="depth maps"):
     error({"depth": inputs[:, :3]}, ref)
+
+
+def test_features_sharded_over_eight_devices_equal_one_device():
+  """The data-parallel feature runs (batch split over the mesh) give one device's features, and so its figures."""
+  assert len(jax.local_devices()) == 8  # conftest's fake CPU devices
+  config = i3d.I3DConfig(num_classes=13, channel_divisor=8)
+  params = i3d.init_params(config, seed=0)
+  videos = _smooth_videos(np.random.default_rng(5), 11)  # 11 clips: the last batch of 8 is padded
+  runs = {n: features.i3d_video_features(config, params, videos, num_frames=9, size=i3d.MIN_SIZE, batch_size=8,
+                                         mesh=features.data_mesh(n)) for n in (1, 0)}
+  assert features.data_mesh(0).devices.size == 8 and features.data_mesh(1).devices.size == 1
+  for name in ("i3d_logits", "i3d_pooled"):
+    assert runs[1][name].shape[0] == 11
+    np.testing.assert_allclose(runs[0][name], runs[1][name], rtol=1e-5, atol=1e-6 * np.abs(runs[1][name]).max())
+  half = {n: {"i3d_logits": r["i3d_logits"][:6]} for n, r in runs.items()}
+  rest = {n: {"i3d_logits": r["i3d_logits"][6:]} for n, r in runs.items()}
+  kvd = metrics.KVD(num_subsets=5)
+  assert kvd(half[0], rest[0]).value == pytest.approx(kvd(half[1], rest[1]).value, rel=1e-4)
+  vision, vision_params = _tiny_clip_vision()
+  frames = _smooth_videos(np.random.default_rng(6), 3, frames=5, size=30)
+  one, eight = (features.clip_frame_features(vision, vision_params, frames, batch_size=6, mesh=features.data_mesh(n))
+                for n in (1, 0))
+  assert eight["clip_frames"].shape == (3, 5, 11)
+  np.testing.assert_allclose(eight["clip_frames"], one["clip_frames"], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ConfigError, match="outside 0..8"):
+    features.data_mesh(9)

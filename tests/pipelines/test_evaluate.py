@@ -54,7 +54,7 @@ def test_evaluate_refuses_other_settings_in_the_same_workdir(tmp_path, capsys):
   (workdir / "settings.json").write_text(json.dumps({"protocol": "toy", "num_items": 99}))
   assert cli.main(["evaluate", *_args("none", workdir)]) == EXIT_ERROR
   assert "other settings" in capsys.readouterr().err
-  assert cli.main(["evaluate", *_args("none", tmp_path / "b", "--config.protocol=ucf101")]) == EXIT_ERROR
+  assert cli.main(["evaluate", *_args("none", tmp_path / "b", "--config.protocol=nope")]) == EXIT_ERROR
   assert "not implemented" in capsys.readouterr().err
   assert not (tmp_path / "b" / "features").exists()
 

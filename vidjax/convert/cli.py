@@ -3,6 +3,7 @@
   vidjax convert sd2-depth SRC OUT [--temporal make-your-video]   a diffusers stable-diffusion-2-depth folder
   vidjax convert make-your-video CKPT OUT [--tokenizer DIR] [--depth-estimator DIR]   MYV's model.ckpt
   vidjax convert unet|vae|clip|dpt SRC OUT                         one diffusers / transformers folder
+  vidjax convert i3d SRC OUT                                      PyTorch InceptionI3d weights (FVD/KVD features)
   vidjax convert run WORKDIR OUT [--dtype float16] [--no-ema]     a `vidjax train` run (its latest step)
       [--sampling-default guidance_scale=2 ...]                   with the settings it samples best with
 
@@ -24,6 +25,7 @@ from vidjax.convert.diffusers_unet import convert_unet
 from vidjax.convert.diffusers_vae import convert_vae
 from vidjax.convert.hf_clip import load_clip
 from vidjax.convert.hf_dpt import convert_dpt
+from vidjax.convert.i3d import load_i3d
 from vidjax.convert.make_your_video import convert_make_your_video
 from vidjax.convert.sd2_depth import TEMPORAL_PRESETS, convert_sd2_depth
 from vidjax.errors import EXIT_ERROR, EXIT_OK, InputError, VidjaxError
@@ -73,6 +75,12 @@ def _dpt(args) -> dict[str, common.ConversionReport]:
   config, params, report = convert_dpt(args.src)
   pretrained.save_pretrained(args.out, {"depth_estimator": (config, params)}, extra=_source("hf-dpt", args.src))
   return {"depth_estimator": report}
+
+
+def _i3d(args) -> dict[str, common.ConversionReport]:
+  config, params, report = load_i3d(args.src)
+  pretrained.save_pretrained(args.out, {"i3d": (config, params)}, extra=_source("pytorch-i3d", args.src))
+  return {"i3d": report}
 
 
 def _run(args) -> dict[str, common.ConversionReport]:
@@ -135,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
   command("vae", _vae, "convert a diffusers AutoencoderKL folder", "the vae/ folder")
   command("clip", _clip, "convert a transformers CLIP folder (text and/or vision tower)", "the CLIP folder")
   command("dpt", _dpt, "convert a transformers DPTForDepthEstimation folder", "the DPT folder")
+  command("i3d", _i3d, "convert PyTorch InceptionI3d weights (piergiaj's layout) for FVD/KVD",
+          "i3d_pretrained_400.pt (or a .safetensors / .pth of the same keys)")
   run = command("run", _run, "export a `vidjax train` run (EMA weights of its latest step) for inference",
                 "the run's workdir")
   run.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,

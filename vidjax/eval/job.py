@@ -15,13 +15,14 @@ them, so P processes give the figures one process gives.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import time
 import warnings
 import zipfile
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -70,6 +71,16 @@ def process_slice(keys: Sequence[str], process_index: int, process_count: int) -
   return list(keys[process_index::process_count])
 
 
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+  """An item that could not be scored (an unreadable video): the job lists it with `reason` and exits 3."""
+
+  reason: str
+
+
+ItemResult = Union[Mapping[str, np.ndarray], Skipped]
+
+
 def cached_features(cache: FeatureCache, keys: Iterable[str], compute: Callable[[str], Mapping[str, np.ndarray]],
                     *, progress: Callable[[int, int, float], None] | None = None) -> tuple[dict[str, Features], int]:
   """Every key's features, loaded from `cache` or computed by `compute(key)` and saved at once.
@@ -78,20 +89,68 @@ def cached_features(cache: FeatureCache, keys: Iterable[str], compute: Callable[
   a job killed at any moment loses at most the item in progress. `progress(done, total, items_per_s)`
   is called after each item (e.g. to move a tqdm bar).
   """
+  out, computed, _ = cached_batches(cache, keys, lambda batch: {key: compute(key) for key in batch},
+                                    batch_size=1, progress=progress)
+  return out, computed
+
+
+def cached_batches(cache: FeatureCache, keys: Iterable[str],
+                   compute_batch: Callable[[list[str]], Mapping[str, ItemResult]], *, batch_size: int,
+                   progress: Callable[[int, int, float], None] | None = None,
+                   ) -> tuple[dict[str, Features], int, dict[str, str]]:
+  """As `cached_features`, computing the missing items `batch_size` at a time (one batched, sharded model run).
+
+  `compute_batch(keys)` returns {key: features or `Skipped(reason)`} for every key it is given.
+  Returns ({key: features} of the scored items, how many were computed, {key: reason} of the skipped
+  ones). Skipped items are not cached (a restart reads them again and skips them again), so the
+  figures do not depend on where a job was killed. A batch's items are saved as soon as it is done.
+  """
   keys = list(keys)
   if len(set(keys)) != len(keys):
     raise InputError("item keys", "are not unique", "give every item its own key")
-  out, computed, start = {}, 0, time.perf_counter()
-  for done, key in enumerate(keys, 1):
+  if batch_size < 1:
+    raise InputError("batch_size", f"{batch_size} is below 1", "compute at least one item per batch")
+  out, skipped, computed, done, start = {}, {}, 0, 0, time.perf_counter()
+
+  def advance(n: int) -> None:
+    nonlocal done
+    for _ in range(n):
+      done += 1
+      if progress is not None:
+        progress(done, len(keys), done / max(time.perf_counter() - start, 1e-9))
+
+  pending: list[str] = []
+
+  def flush() -> None:
+    nonlocal computed
+    if not pending:
+      return
+    results = compute_batch(list(pending))
+    for key in pending:
+      if key not in results:
+        raise InputError(f"item {key!r}", "got no result from its batch", "return every key compute_batch is given")
+      result = results[key]
+      if isinstance(result, Skipped):
+        skipped[key] = result.reason
+        continue
+      features = {name: np.asarray(v) for name, v in result.items()}
+      cache.save(key, features)
+      out[key] = features
+      computed += 1
+    advance(len(pending))
+    pending.clear()
+
+  for key in keys:
     features = cache.load(key)
     if features is None:
-      features = {name: np.asarray(v) for name, v in compute(key).items()}
-      cache.save(key, features)
-      computed += 1
-    out[key] = features
-    if progress is not None:
-      progress(done, len(keys), done / max(time.perf_counter() - start, 1e-9))
-  return out, computed
+      pending.append(key)
+      if len(pending) == batch_size:
+        flush()
+    else:
+      out[key] = features
+      advance(1)
+  flush()
+  return {key: out[key] for key in keys if key in out}, computed, skipped
 
 
 def stack(features: Mapping[str, Features], keys: Sequence[str], names: Iterable[str] | None = None) -> FeatureSet:

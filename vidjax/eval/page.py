@@ -10,6 +10,14 @@ from vidjax.errors import atomic_path
 from vidjax.eval.metrics import Figure
 
 
+def _media(video: str, key: str) -> str:
+  """A gif as an image; any other video (mp4, webm, ... from a folder protocol) as a looping <video>."""
+  src, alt = html.escape(video), html.escape(key)
+  if video.lower().endswith(".gif"):
+    return f"<img src=\"{src}\" alt=\"{alt}\">"
+  return f"<video src=\"{src}\" title=\"{alt}\" controls muted loop width=\"256\"></video>"
+
+
 def write_page(path: str | os.PathLike, title: str, figures: Sequence[Figure],
                items: Sequence[tuple[str, str, Mapping[str, float]]]) -> None:
   """Writes `path` atomically.
@@ -21,7 +29,7 @@ def write_page(path: str | os.PathLike, title: str, figures: Sequence[Figure],
   figure_rows = "".join(f"<tr><td>{html.escape(f.metric)}</td><td>{f.value:.4f}</td><td>{f.count}</td>"
                         f"<td>{html.escape(f.protocol)}</td></tr>" for f in figures)
   item_rows = "".join(
-      f"<tr><td>{html.escape(key)}</td><td><img src=\"{html.escape(video)}\" alt=\"{html.escape(key)}\"></td>"
+      f"<tr><td>{html.escape(key)}</td><td>{_media(video, key)}</td>"
       + "".join(f"<td>{scores.get(c, float('nan')):.4f}</td>" for c in columns) + "</tr>"
       for key, video, scores in items)
   header = "".join(f"<th>{html.escape(c)}</th>" for c in columns)

@@ -12,11 +12,17 @@ resumably and data-parallel-ready (`vidjax.eval.job`):
   <workdir>/logs/           the figures as TensorBoard scalars (step 0)
 
 Process p of P (`jax.process_index()`, `jax.process_count()`, joined by `maybe_initialize_distributed`
-under launch.local, SLURM or a TPU VM) computes every P-th item into the shared workdir, one item at a
-time on its first local device; after a barrier, process 0 scores all cached items, so the figures do
-not depend on P.
-Protocols: 'toy' (configs/eval/toy.py, the embedded default). A killed job restarted with the same
-workdir recomputes no cached item; the model is loaded only when some item is missing.
+under launch.local, SLURM or a TPU VM) computes every P-th item into the shared workdir (the toy
+protocol one edit at a time on its first local device); after a barrier, process 0 scores all cached
+items, so the figures do not depend on P.
+Protocols: 'toy' (configs/eval/toy.py, the embedded default), 'folder' (configs/eval/folder.py: FVD/KVD
+of a folder of generated videos against a folder of reference videos, CLIP frame consistency with
+CLIP weights) and 'ucf101' (configs/eval/ucf101_fvd.py: Make-Your-Video's zero-shot UCF-101 FVD/KVD).
+The video protocols compute I3D/CLIP features a batch at a time, split over every local device
+(`--config.num_devices`, 0 = all). A killed job restarted with the same workdir recomputes no cached
+item; the models are loaded only when some item is missing. Weights a protocol needs and lacks are
+named, with the `vidjax convert` command that makes them, before any work (exit 2); unreadable videos
+are skipped and listed with their reasons (exit 3, the readable ones scored).
 """
 
 from __future__ import annotations
@@ -37,12 +43,15 @@ from tqdm import tqdm
 from tensorboardX import SummaryWriter
 
 from vidjax.data import video_io
-from vidjax.errors import ConfigError, atomic_path
+from vidjax.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, atomic_path
 from vidjax.eval import job, page, toy_edit, toy_metrics
 from vidjax.parallel import maybe_initialize_distributed
+from vidjax.pipelines import eval_protocols
 from vidjax.pipelines.edit import VideoEditPipeline
 
-PROTOCOLS = ("toy",)
+PROTOCOLS = ("toy", "folder", "ucf101")
+# The converted weights each video protocol needs (required, optional), checked before any work.
+_WEIGHTS = {"folder": (("i3d_dir",), ("clip_dir",)), "ucf101": (("i3d_dir",), ("depth_dir",))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,14 +73,21 @@ def main(argv: list[str] | None = None) -> int:
   if config.value is None or not workdir.value:
     raise ConfigError("vidjax evaluate", "--config and --workdir are required",
                       "e.g. --config configs/eval/toy.py --workdir runs/eval_toy")
-  run(config.value, workdir.value)
-  return 0
+  results = run(config.value, workdir.value)
+  skipped = results.get("skipped") or {}
+  for key, entry in skipped.items():
+    print(f"skipped {entry['source']}: {entry['reason']}", file=sys.stderr)
+  if skipped:
+    print(f"vidjax evaluate: {len(skipped)} unreadable video(s) skipped (listed above and in results.json); "
+          "the readable ones were scored", file=sys.stderr)
+    return EXIT_PARTIAL
+  return EXIT_OK
 
 
 def _settings(config) -> dict[str, Any]:
   if config.get("protocol") not in PROTOCOLS:
     raise ConfigError("config.protocol", f"{config.get('protocol')!r} is not implemented",
-                      f"use one of {PROTOCOLS} (configs/eval/toy.py)")
+                      f"use one of {PROTOCOLS} (configs/eval/toy.py, folder.py, ucf101_fvd.py)")
   return json.loads(config.to_json())
 
 
@@ -97,9 +113,17 @@ def run(config, workdir: str) -> dict[str, Any]:
   items whose features this call computed.
   """
   settings = _settings(config)
+  if config.protocol in _WEIGHTS:
+    eval_protocols.check_weights(config, *_WEIGHTS[config.protocol])  # before any work
+  if config.protocol == "ucf101" and not os.path.isdir(config.checkpoint or ""):
+    raise ConfigError("config.checkpoint", f"{config.checkpoint!r} is not a checkpoint directory: the ucf101 "
+                      "protocol generates with one", "pass --config.checkpoint=DIR (e.g. the output of "
+                      "`vidjax convert make-your-video model.ckpt DIR`)")
   maybe_initialize_distributed()  # under a launcher (launch.local, SLURM, TPU VM): before any backend use
   os.makedirs(workdir, exist_ok=True)
   _check_workdir(workdir, settings)
+  if config.protocol != "toy":
+    return _run_video_protocol(config, workdir, settings)
   cases = toy_edit.edit_cases(config.num_items, first_seed=config.first_seed, num_frames=config.num_frames,
                               size=config.size, stride=config.stride)
   by_key = {f"toy-{case.seed}": case for case in cases}
@@ -147,3 +171,41 @@ def run(config, workdir: str) -> dict[str, Any]:
         + " | ".join(f"{f.metric} {f.value:.4f}" for f in figures))
   print(f"results written to {os.path.join(workdir, 'results.json')}")
   return {**results, "computed": computed}
+
+
+def _run_video_protocol(config, workdir: str, settings: dict[str, Any]) -> dict[str, Any]:
+  """'folder' or 'ucf101': features (sharded, cached), then on process 0 the figures, JSON, page and scalars."""
+  start = time.perf_counter()
+  if config.protocol == "folder":
+    done = eval_protocols.run_folder(config, workdir)
+    checkpoint = f"generated videos in {os.path.abspath(config.generated_dir)}"
+  else:
+    pipe: list[VideoEditPipeline] = []
+
+    def generate(clip: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+      if not pipe:
+        pipe.append(VideoEditPipeline.from_pretrained(config.checkpoint, depth_estimator=config.depth_dir or None,
+                                                      progress=False))
+      result = pipe[0](clip, prompt=prompt, seed=seed, num_inference_steps=config.num_inference_steps,
+                       guidance_scale=config.guidance_scale, num_frames=config.num_frames,
+                       height=config.size, width=config.size)
+      return np.asarray(result.frames)
+
+    done = eval_protocols.run_ucf101(config, workdir, generate)
+    checkpoint = config.checkpoint
+  if done is None:  # not process 0
+    return {"computed": 0}
+  figures, keys = done["figures"], done["items"]
+  results = job.write_results(os.path.join(workdir, "results.json"), figures, checkpoint=checkpoint,
+                              extra={"protocol": config.protocol, "settings": settings, "items": keys,
+                                     "skipped": done["skipped"]})
+  page.write_page(os.path.join(workdir, "index.html"), f"vidjax evaluate: {config.protocol}", figures,
+                  [(key, os.path.relpath(path, workdir), done["per_item"].get(key, {}))
+                   for key, path in done["videos"].items()])
+  with SummaryWriter(os.path.join(workdir, "logs")) as writer:
+    for figure in figures:
+      writer.add_scalar(f"eval/{figure.metric}", figure.value, 0)
+  print(f"{len(keys)} items scored ({done['computed']} computed in {time.perf_counter() - start:.0f} s, "
+        f"{len(done['skipped'])} skipped): " + " | ".join(f"{f.metric} {f.value:.4f}" for f in figures))
+  print(f"results written to {os.path.join(workdir, 'results.json')}")
+  return {**results, "computed": done["computed"]}
