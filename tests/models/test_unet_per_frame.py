@@ -38,7 +38,8 @@ def _config(variant: str) -> UNetConfig:
 def _param_tree(config: UNetConfig) -> dict[str, list]:
   """{'down_blocks_0/resnets_0/conv1/kernel': [shape, logical names], ...} from an abstract init."""
   boxed = jax.eval_shape(VideoUNet(config).init, jax.random.key(0), **init_inputs(config, frames=T, height=H, width=W))
-  leaves = jax.tree_util.tree_flatten_with_path(boxed["params"], is_leaf=lambda v: isinstance(v, nn.LogicallyPartitioned))[0]
+  is_boxed = lambda v: isinstance(v, nn.LogicallyPartitioned)
+  leaves = jax.tree_util.tree_flatten_with_path(boxed["params"], is_leaf=is_boxed)[0]
   return {jax.tree_util.keystr(path, simple=True, separator="/"): [list(v.value.shape), list(v.names)]
           for path, v in leaves}
 
