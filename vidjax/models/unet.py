@@ -30,7 +30,7 @@ from vidjax.models.attention import SpatialTransformer
 from vidjax.models.resnet import TEMPORAL_CONV_KINDS, ResnetBlock
 from vidjax.models.temporal import TemporalInfo, TemporalTransformer
 
-ACTIVATION_AXES = ("batch", "frames", "height", "width", "embed")  # (B, T, h, w, C); 'frames' has no rule: whole
+ACTIVATION_AXES = ("batch", "height", "width", "embed")  # the B*T frames of (B, T, h, w, C) activations as images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +128,15 @@ class _Level(nn.Module):
           relative_position=c.temporal_relative_position, max_frames=c.temporal_max_frames, causal=c.temporal_causal,
           name=f"temporal_attentions_{index}", **self.kw())
       x = temporal.residual(x, lambda v: temporal_block(v, window=temporal.window))
-    return nn.with_logical_constraint(x, ACTIVATION_AXES)
+    return _constrain(x)
+
+
+def _constrain(x: jax.Array) -> jax.Array:
+  """Shards (B, T, h, w, C) activations as the B * T images the spatial layers see (a free reshape).
+
+  Splitting the images, not only the videos, over the batch axes also shards when B alone does not divide them.
+  """
+  return nn.with_logical_constraint(x.reshape((-1,) + x.shape[2:]), ACTIVATION_AXES).reshape(x.shape)
 
 
 class DownBlock(_Level):
@@ -220,7 +228,7 @@ class VideoUNet(nn.Module):
     temb = layers.TimestepMLP(4 * c.block_out_channels[0], name="time_embedding", **kw)(temb.astype(kw["dtype"]))
     context = context.astype(kw["dtype"])
 
-    x = nn.with_logical_constraint(x.astype(kw["dtype"]), ACTIVATION_AXES)
+    x = _constrain(x.astype(kw["dtype"]))
     x = layers.per_frame(_conv_in, self, x)
     skips = [x]
     for level in range(len(c.block_out_channels)):
