@@ -267,7 +267,7 @@ class SpatialTransformer(nn.Module):
     y = layers.group_norm(self.num_groups, 1e-6, name="norm", **kw)(x).reshape(n, h * w, c)
     y = layers.dense(inner, names=("embed", "mlp"), name="proj_in", **kw)(y)
     for i in range(self.depth):
-      y = TransformerBlock(self.heads, self.head_dim, backend=self.backend, name=f"transformer_blocks_{i}", **kw)(
-          y, context)
+      y = TransformerBlock(heads=self.heads, head_dim=self.head_dim, backend=self.backend,
+                           name=f"transformer_blocks_{i}", **kw)(y, context)
     y = layers.dense(c, names=("mlp", "embed"), name="proj_out", **kw)(y)
     return x + y.reshape(n, h, w, c)

@@ -31,7 +31,7 @@ def _valid_taps(size: int, kernel: int, stride: int, pad: int) -> tuple[int, int
 
 @dataclasses.dataclass(frozen=True)
 class _Counter:
-  """FLOPs of the UNet's building blocks for one call; `n` = batch * frames folded images."""
+  """FLOPs of the UNet's building blocks for one call; `n` = batch * frames images (spatial layers run per frame)."""
 
   config: UNetConfig
   batch: int

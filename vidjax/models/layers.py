@@ -1,8 +1,8 @@
 """Primitive layers shared by every model: partitioned dense/conv, norms, timestep embedding, resampling.
 
 Every parameter carries logical axis names (`nn.with_logical_partitioning`); `vidjax.parallel`
-maps them to mesh axes with the rules in the config. Layouts are channels-last; convolutions act
-on (N, H, W, C), with video frames folded into N by the caller.
+maps them to mesh axes with the rules in the config. Layouts are channels-last; image layers act
+on (N, H, W, C), and `per_frame` applies them to every frame of a (B, T, H, W, C) video.
 
 Logical axis names used for parameters:
   'embed'        feature width of a transformer / dense layer input (sharded by FSDP rules)
@@ -14,7 +14,7 @@ Logical axis names used for parameters:
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,6 +27,38 @@ _DEFAULT_KERNEL_INIT = nn.initializers.lecun_normal()
 def partitioned(init, names: Sequence[str | None]):
   """Attaches logical axis names to an initializer."""
   return nn.with_logical_partitioning(init, tuple(names))
+
+
+def per_frame(fn: Callable[..., jax.Array], module: nn.Module, *videos: jax.Array,
+              shared: Sequence[jax.Array | None] = ()) -> jax.Array:
+  """`fn(module, *frames, *shared)` on every frame of the videos, with one set of parameters for all frames.
+
+  Args:
+    fn: builds image layers inline (as in an `nn.compact` method) on (B, H, W, C) frames and
+      (B, ...) per-video inputs; its layers are `module`'s children, at the parameter paths they
+      would have on images.
+    module: the module whose scope holds the layers (usually `self`).
+    videos: (B, T, ...) arrays, split along T: each call sees frame t of every video.
+    shared: (B, ...) arrays (or None) that every frame of a video sees whole (a timestep embedding,
+      text tokens).
+  Returns:
+    (B, T, ...): fn's output for each frame.
+
+  This is `nn.vmap` over T with the parameters broadcast (`variable_axes={'params': None}`), so image
+  mode and video mode share every weight by construction; dropout draws per frame. The map runs on
+  frames-first (T, B, ...) views, and `shared` inputs are broadcast to every frame rather than left
+  unmapped: that is what keeps the compiled program the one that folds frames into the batch by
+  reshape. Mapping axis 1 directly makes JAX's conv batching rule put T before B (a transpose of the
+  activation at every call), and unmapped operands, or batches of one image under a map over both B
+  and T, give XLA:CPU's batched dots extra layout copies. The (B, T) <-> (T, B) swaps around
+  consecutive calls cancel out.
+  """
+  frames_first = lambda v: jnp.swapaxes(v, 0, 1)
+  num_frames = videos[0].shape[1]
+  per_frame_inputs = tuple(None if v is None else jnp.broadcast_to(v, (num_frames,) + v.shape) for v in shared)
+  mapped = nn.vmap(fn, in_axes=0, out_axes=0, variable_axes={"params": None},
+                   split_rngs={"params": False, "dropout": True})
+  return frames_first(mapped(module, *map(frames_first, videos), *per_frame_inputs))
 
 
 def dense(features: int, *, names=("embed", "mlp"), use_bias=True, zero_init=False, dtype=jnp.float32,

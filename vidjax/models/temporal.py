@@ -1,8 +1,9 @@
 """Temporal layers: both papers' variants, gating between image and video mode, causal windows.
 
-Spatial layers see (B*T, H, W, C) with frames folded into the batch; temporal layers unfold to
-(B, T, H, W, C) and return a *residual branch* whose output projection starts at zero, so a fresh
-video model equals the image model frame by frame. `TemporalInfo` carries what they need:
+Videos are (B, T, H, W, C). Spatial layers run per frame (`layers.per_frame`, nn.vmap over T with
+shared parameters); temporal layers act along T and return a *residual branch* whose output
+projection starts at zero, so a fresh video model equals the image model frame by frame.
+`TemporalInfo` carries what they need:
   * image mode (`enabled=False`): temporal layers are skipped (Gen-1 joint training's image batches);
   * `gate` (B,): per-sample 1 = video, 0 = image, so Eq. 8's image-model prediction can ride in the
     same batched call as the video predictions;
@@ -40,19 +41,16 @@ class TemporalInfo:
 
   gate: jax.Array | None  # (B,) float, 1 = video mode, 0 = image mode; None = all video
   window: jax.Array | None  # () int, causal window L_M; None = the whole past (or all frames if not causal)
-  num_frames: int = flax.struct.field(pytree_node=False)
   enabled: bool = flax.struct.field(pytree_node=False, default=True)
 
   def residual(self, x: jax.Array, branch: Callable[[jax.Array], jax.Array]) -> jax.Array:
-    """x + gate * branch(x) on folded (B*T, H, W, C) features; identity in image mode."""
+    """x + gate * branch(x) on (B, T, H, W, C) videos; identity in image mode."""
     if not self.enabled:
       return x
-    n, h, w, c = x.shape
-    video = x.reshape(n // self.num_frames, self.num_frames, h, w, c)
-    delta = branch(video)
+    delta = branch(x)
     if self.gate is not None:
       delta = delta * self.gate.astype(delta.dtype)[:, None, None, None, None]
-    return (video + delta).reshape(n, h, w, c)
+    return x + delta
 
 
 def causal_window_mask(num_frames: int, window: jax.Array | int | None) -> jax.Array:
@@ -112,8 +110,8 @@ class Pseudo3DConvBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(num_groups=self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype)
     for i, kernel in enumerate(((3, 1, 1), (1, 3, 3), (3, 1, 1), (3, 1, 1))):
-      x = _NormActConv(kernel, name=f"conv_{i}", **kw)(x)
-    return _NormActConv((3, 1, 1), zero_init=True, name="conv_last", **kw)(x)
+      x = _NormActConv(kernel=kernel, name=f"conv_{i}", **kw)(x)
+    return _NormActConv(kernel=(3, 1, 1), zero_init=True, name="conv_last", **kw)(x)
 
 
 class TemporalTransformer(nn.Module):
@@ -165,7 +163,8 @@ class TemporalTransformer(nn.Module):
     elif self.causal:
       mask = causal_window_mask(t, window)
     for i in range(self.depth):
-      y = TransformerBlock(self.heads, self.head_dim, cross_attention=False, relative_position=self.relative_position,
-                           backend=self.backend, name=f"transformer_blocks_{i}", **kw)(y, mask=mask, band=band)
+      y = TransformerBlock(heads=self.heads, head_dim=self.head_dim, cross_attention=False,
+                           relative_position=self.relative_position, backend=self.backend,
+                           name=f"transformer_blocks_{i}", **kw)(y, mask=mask, band=band)
     y = layers.dense(c, names=("mlp", "embed"), zero_init=True, name="proj_out", **kw)(y)
     return jnp.transpose(y.reshape(b, h, w, t, c), (0, 3, 1, 2, 4))

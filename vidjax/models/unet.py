@@ -6,7 +6,11 @@ converter needs no per-layer table. Temporal layers (see `temporal.py`) are adde
   Gen-1:            temporal_conv='conv1d', temporal_attention=True, temporal_max_frames=8
   Make-Your-Video:  temporal_conv='pseudo3d', temporal_attention=True, temporal_relative_position=16,
                     temporal_causal=True (the window L_M is a call argument, not a weight)
-Inputs are channels-last videos (B, T, h, w, C); spatial layers fold T into the batch.
+Inputs are channels-last videos (B, T, h, w, C), and so are the activations between blocks: every
+spatial layer (conv_in/out, the res blocks' convs and norms, spatial transformers, down/upsamplers)
+runs per frame under `nn.vmap` over T with shared parameters (`layers.per_frame`), so image mode
+(temporal layers skipped) and video mode share every weight by construction; temporal layers act
+along T between them.
 Structure (depth latents + t_s channels, or 1-channel depth) is concatenated to the latent, so
 `in_channels` = latent channels + structure channels.
 """
@@ -14,7 +18,7 @@ Structure (depth latents + t_s channels, or 1-channel depth) is concatenated to 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,7 +30,7 @@ from vidjax.models.attention import SpatialTransformer
 from vidjax.models.resnet import TEMPORAL_CONV_KINDS, ResnetBlock
 from vidjax.models.temporal import TemporalInfo, TemporalTransformer
 
-ACTIVATION_AXES = ("batch", "height", "width", "embed")  # folded (B*T, h, w, C) activations
+ACTIVATION_AXES = ("batch", "height", "width", "embed")  # the B*T frames of (B, T, h, w, C) activations as images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +98,7 @@ class UNetConfig:
 
 
 class _Level(nn.Module):
-  """Shared pieces of down/mid/up blocks: one res block, then attention (+ temporal attention)."""
+  """Shared pieces of down/mid/up blocks on (B, T, h, w, C) videos: res blocks and attention."""
 
   config: UNetConfig
   level: int
@@ -104,21 +108,35 @@ class _Level(nn.Module):
 
   def resnet(self, x, temb, temporal, channels, name):
     c = self.config
-    return ResnetBlock(channels, c.norm_num_groups, c.norm_eps, temporal_conv=c.temporal_conv, name=name,
-                       **self.kw())(x, temb, temporal)
+    return ResnetBlock(out_channels=channels, num_groups=c.norm_num_groups, epsilon=c.norm_eps,
+                       temporal_conv=c.temporal_conv, name=name, **self.kw())(x, temb, temporal)
 
   def attend(self, x, context, temporal, index):
+    """Spatial transformer per frame (cross-attention to `context`), then temporal attention along T."""
     c = self.config
     heads = c.num_attention_heads[self.level]
     head_dim = x.shape[-1] // heads
-    x = SpatialTransformer(heads, head_dim, c.transformer_depth, c.norm_num_groups, c.attention_backend,
-                           name=f"attentions_{index}", **self.kw())(x, context)
+
+    def spatial(level, frames, tokens):
+      return SpatialTransformer(heads=heads, head_dim=head_dim, depth=c.transformer_depth, num_groups=c.norm_num_groups,
+                                backend=c.attention_backend, name=f"attentions_{index}", **level.kw())(frames, tokens)
+
+    x = layers.per_frame(spatial, self, x, shared=(context,))
     if c.temporal_attention:
       temporal_block = TemporalTransformer(
-          heads, head_dim, c.transformer_depth, c.norm_num_groups, c.temporal_relative_position,
-          c.temporal_max_frames, c.temporal_causal, name=f"temporal_attentions_{index}", **self.kw())
+          heads=heads, head_dim=head_dim, depth=c.transformer_depth, num_groups=c.norm_num_groups,
+          relative_position=c.temporal_relative_position, max_frames=c.temporal_max_frames, causal=c.temporal_causal,
+          name=f"temporal_attentions_{index}", **self.kw())
       x = temporal.residual(x, lambda v: temporal_block(v, window=temporal.window))
-    return nn.with_logical_constraint(x, ACTIVATION_AXES)
+    return _constrain(x)
+
+
+def _constrain(x: jax.Array) -> jax.Array:
+  """Shards (B, T, h, w, C) activations as the B * T images the spatial layers see (a free reshape).
+
+  Splitting the images, not only the videos, over the batch axes also shards when B alone does not divide them.
+  """
+  return nn.with_logical_constraint(x.reshape((-1,) + x.shape[2:]), ACTIVATION_AXES).reshape(x.shape)
 
 
 class DownBlock(_Level):
@@ -134,7 +152,9 @@ class DownBlock(_Level):
         x = self.attend(x, context, temporal, j)
       skips.append(x)
     if self.level < len(c.block_out_channels) - 1:
-      x = layers.Downsample(x.shape[-1], name="downsamplers_0", **self.kw())(x)
+      downsample = lambda level, frames: layers.Downsample(features=frames.shape[-1], name="downsamplers_0",
+                                                           **level.kw())(frames)
+      x = layers.per_frame(downsample, self, x)
       skips.append(x)
     return x, tuple(skips)
 
@@ -161,7 +181,10 @@ class UpBlock(_Level):
       if c.attention_levels[self.level]:
         x = self.attend(x, context, temporal, j)
     if upsample_like is not None:
-      x = layers.Upsample(x.shape[-1], name="upsamplers_0", **self.kw())(x, upsample_like.shape[1:3])
+      size = upsample_like.shape[2:4]
+      upsample = lambda level, frames: layers.Upsample(features=frames.shape[-1], name="upsamplers_0",
+                                                       **level.kw())(frames, size)
+      x = layers.per_frame(upsample, self, x)
     return x
 
 
@@ -193,43 +216,50 @@ class VideoUNet(nn.Module):
     """
     c = self.config
     kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
-    b, t, h, w, _ = latents.shape
+    b = latents.shape[0]
     x = latents if structure is None else jnp.concatenate([latents, structure.astype(latents.dtype)], axis=-1)
     if x.shape[-1] != c.in_channels:
       raise ConfigError("UNet input", f"{x.shape[-1]} channels (latents + structure) but the model takes {c.in_channels}",
                         "pass the structure the model was trained with, or widen the input by surgery")
-    temporal = TemporalInfo(gate=video_gate, window=temporal_window, num_frames=t,
-                            enabled=c.has_temporal and not image_mode)
+    temporal = TemporalInfo(gate=video_gate, window=temporal_window, enabled=c.has_temporal and not image_mode)
     timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (b,))
     temb = layers.timestep_embedding(timesteps, c.block_out_channels[0], flip_sin_to_cos=c.flip_sin_to_cos,
                                      downscale_freq_shift=c.freq_shift)
     temb = layers.TimestepMLP(4 * c.block_out_channels[0], name="time_embedding", **kw)(temb.astype(kw["dtype"]))
-    temb = jnp.repeat(temb, t, axis=0)
-    context = jnp.repeat(context.astype(kw["dtype"]), t, axis=0)
+    context = context.astype(kw["dtype"])
 
-    x = x.reshape(b * t, h, w, -1).astype(kw["dtype"])
-    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-    x = layers.conv(c.block_out_channels[0], padding=((1, 1), (1, 1)), name="conv_in", **kw)(x)
-    skips: list[Sequence[jax.Array]] = []
-    all_skips = [x]
+    x = _constrain(x.astype(kw["dtype"]))
+    x = layers.per_frame(_conv_in, self, x)
+    skips = [x]
     for level in range(len(c.block_out_channels)):
       x, level_skips = _maybe_remat(DownBlock, c.remat)(c, level, name=f"down_blocks_{level}")(x, temb, context, temporal)
-      skips.append(level_skips)
-      all_skips.extend(level_skips)
+      skips.extend(level_skips)
     x = _maybe_remat(MidBlock, c.remat)(c, len(c.block_out_channels) - 1, name="mid_block")(x, temb, context, temporal)
 
     # Up block i consumes layers_per_block + 1 skips, newest first; it upsamples to the size of the
     # next skip so that odd latent sizes (which the stride-2 convs round up) come back exactly.
-    pending = list(all_skips)
     for i, level in enumerate(reversed(range(len(c.block_out_channels)))):
-      level_skips = tuple(pending[-(c.layers_per_block + 1):])
-      del pending[-(c.layers_per_block + 1):]
-      upsample_like = pending[-1] if pending and level > 0 else None
+      level_skips = tuple(skips[-(c.layers_per_block + 1):])
+      del skips[-(c.layers_per_block + 1):]
+      upsample_like = skips[-1] if skips and level > 0 else None
       x = _maybe_remat(UpBlock, c.remat)(c, level, name=f"up_blocks_{i}")(
           x, level_skips, temb, context, temporal, upsample_like)
-    x = nn.silu(layers.group_norm(c.norm_num_groups, c.norm_eps, name="conv_norm_out", **kw)(x))
-    x = layers.conv(c.out_channels, padding=((1, 1), (1, 1)), name="conv_out", **kw)(x)
-    return x.reshape(b, t, h, w, c.out_channels).astype(jnp.float32)
+    return layers.per_frame(_conv_out, self, x).astype(jnp.float32)
+
+
+# VideoUNet's per-frame stem and head on (N, h, w, C) images, building its layers inline.
+
+def _conv_in(unet: VideoUNet, x: jax.Array) -> jax.Array:
+  c = unet.config
+  return layers.conv(c.block_out_channels[0], padding=((1, 1), (1, 1)), name="conv_in", dtype=jnp.dtype(c.dtype),
+                     param_dtype=jnp.dtype(c.param_dtype))(x)
+
+
+def _conv_out(unet: VideoUNet, x: jax.Array) -> jax.Array:
+  c = unet.config
+  kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+  x = nn.silu(layers.group_norm(c.norm_num_groups, c.norm_eps, name="conv_norm_out", **kw)(x))
+  return layers.conv(c.out_channels, padding=((1, 1), (1, 1)), name="conv_out", **kw)(x)
 
 
 def init_inputs(config: UNetConfig, *, batch: int = 1, frames: int = 1, height: int = 8, width: int = 8,

@@ -128,10 +128,10 @@ class _MidBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     channels, groups = x.shape[-1], self.config.norm_num_groups
-    x = ResnetBlock(channels, groups, EPSILON, name="resnets_0", **kw)(x)
+    x = ResnetBlock(out_channels=channels, num_groups=groups, epsilon=EPSILON, name="resnets_0", **kw)(x)
     if self.config.mid_block_add_attention:
-      x = _MidAttention(channels, groups, name="attentions_0", **kw)(x)
-    return ResnetBlock(channels, groups, EPSILON, name="resnets_1", **kw)(x)
+      x = _MidAttention(channels=channels, num_groups=groups, name="attentions_0", **kw)(x)
+    return ResnetBlock(out_channels=channels, num_groups=groups, epsilon=EPSILON, name="resnets_1", **kw)(x)
 
 
 class _ResampleBlock(nn.Module):
@@ -148,11 +148,12 @@ class _ResampleBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     for i in range(self.num_layers):
-      x = ResnetBlock(self.features, self.num_groups, EPSILON, name=f"resnets_{i}", **kw)(x)
+      x = ResnetBlock(out_channels=self.features, num_groups=self.num_groups, epsilon=EPSILON, name=f"resnets_{i}",
+                      **kw)(x)
     if self.resample == "down":
-      x = layers.Downsample(self.features, asymmetric_pad=True, name="downsamplers_0", **kw)(x)
+      x = layers.Downsample(features=self.features, asymmetric_pad=True, name="downsamplers_0", **kw)(x)
     elif self.resample == "up":
-      x = layers.Upsample(self.features, name="upsamplers_0", **kw)(x)
+      x = layers.Upsample(features=self.features, name="upsamplers_0", **kw)(x)
     return x
 
 
