@@ -1,6 +1,9 @@
 """`vidjax` console entry point: a thin dispatcher to subcommands that live in importable modules.
 
-Each subcommand module exposes `main(argv: list[str] | None) -> int`. A `VidjaxError` (bad input or
+Each subcommand is a `main(argv: list[str] | None) -> int` ("module" for its `main`, or "module:function").
+The top of the layer order (tests/test_layers.py): it may compose commands from several layers, as
+`vidjax convert`, whose converters live in `vidjax.convert` and whose `run` (exporting a training run)
+in `vidjax.train.export`. A `VidjaxError` (bad input or
 configuration) prints one line naming the input, the problem and the fix, and exits with
 `EXIT_ERROR` (2) without a traceback; batch jobs that skipped bad items exit `EXIT_PARTIAL` (3).
 """
@@ -10,19 +13,37 @@ from __future__ import annotations
 import importlib
 import sys
 
-from vidjax.errors import EXIT_ERROR, VidjaxError
+from vidjax.errors import EXIT_ERROR, ConfigError, VidjaxError
 
 # name -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vidjax.train.main", "train a model from a config file (resumes in the same workdir)"),
     "edit": ("vidjax.pipelines.edit_cli",
              "edit a video: keep its depth structure, change its content by a prompt or image"),
-    "eval-toy-edit": ("vidjax.eval.toy_edit",
+    "eval-toy-edit": ("vidjax.pipelines.toy_edit_cli",
                       "score a checkpoint's recolouring edits of held-out toy clips (IoU, colour, consistency)"),
-    "convert": ("vidjax.convert.cli", "convert diffusers / HF / Make-Your-Video checkpoints to vidjax"),
-    "build-shards": ("data_pipelines.build_shards",
+    "convert": ("vidjax.cli:convert", "convert diffusers / HF / Make-Your-Video checkpoints to vidjax"),
+    "build-shards": ("vidjax.cli:build_shards",
                      "build ArrayRecord video shards (toy world, a video folder with captions, or TFDS)"),
 }
+
+
+def convert(argv: list[str] | None = None) -> int:
+  """`vidjax convert`: the converters of `vidjax.convert.cli` plus `run` from `vidjax.train.export`."""
+  from vidjax.convert import cli as convert_cli
+  from vidjax.train import export
+
+  return convert_cli.main(argv, extra=(export.add_run_command,))
+
+
+def build_shards(argv: list[str] | None = None) -> int:
+  """`vidjax build-shards`: the offline job `data_pipelines.build_shards` (beside the library, not in it)."""
+  try:
+    module = importlib.import_module("data_pipelines.build_shards")
+  except ImportError as e:
+    raise ConfigError("vidjax build-shards", f"the data_pipelines jobs are not importable ({e})",
+                      "run it from a vidjax checkout (python -m data_pipelines.build_shards), where they live") from e
+  return module.main(argv)
 
 
 def usage() -> str:
@@ -40,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
   if name not in COMMANDS:
     print(f"vidjax: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
     return EXIT_ERROR
-  module = importlib.import_module(COMMANDS[name][0])
+  module_name, _, function = COMMANDS[name][0].partition(":")
+  run = getattr(importlib.import_module(module_name), function or "main")
   try:
-    return int(module.main(rest) or 0)
+    return int(run(rest) or 0)
   except VidjaxError as e:
     print(f"vidjax {name}: error: {e}", file=sys.stderr)
     return EXIT_ERROR

@@ -13,6 +13,7 @@ import pytest
 from vidjax import toyworld
 from vidjax.errors import InputError
 from vidjax.eval import toy_edit
+from vidjax.pipelines import toy_edit_cli
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +154,7 @@ def test_main_runs_the_pipeline_and_writes_the_report(monkeypatch, tmp_path, cap
 
   monkeypatch.setitem(sys.modules, "vidjax.pipelines.edit", types.SimpleNamespace(VideoEditPipeline=FakePipeline))
   out = tmp_path / "report.json"
-  status = toy_edit.main(["--checkpoint", "ckpt", "--num_clips", "2", "--steps", "3", "--guidance_scale", "4",
+  status = toy_edit_cli.main(["--checkpoint", "ckpt", "--num_clips", "2", "--steps", "3", "--guidance_scale", "4",
                           "--out", str(out)])
   assert status == 0
   assert calls[0] == ("from_pretrained", "ckpt", False)
@@ -167,7 +168,7 @@ def test_main_runs_the_pipeline_and_writes_the_report(monkeypatch, tmp_path, cap
 
   # Without --guidance_scale, the checkpoint's sampling default; --first_seed picks another held-out range.
   calls.clear()
-  assert toy_edit.main(["--num_clips", "1", "--first_seed", "500000", "--out", str(out)]) == 0
+  assert toy_edit_cli.main(["--num_clips", "1", "--first_seed", "500000", "--out", str(out)]) == 0
   assert calls[1][1:4] == (cases[2].seed, 25, 2.0)
   assert json.loads(out.read_text())["settings"]["guidance_scale"] == 2.0
   assert "guidance scale 2 (the checkpoint's sampling default)" in capsys.readouterr().out

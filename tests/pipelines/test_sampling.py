@@ -16,7 +16,7 @@ from vidjax.convert.diffusers_unet import convert_unet
 from vidjax.convert.diffusers_vae import convert_vae
 from vidjax.models.unet import UNetConfig, VideoUNet, init_inputs
 from vidjax.models.vae import AutoencoderKL, decode_video
-from vidjax.pipelines.sampling import Sampler, SamplingConfig
+from vidjax.sampling.sampler import Sampler, SamplingConfig
 
 SD2_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                      set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")

@@ -32,10 +32,8 @@ How the stream is made, and why:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
-import threading
 from typing import Any, Mapping
 
 import grain
@@ -44,11 +42,10 @@ import ml_collections
 import numpy as np
 
 from vidjax.conditioning import structure
+from vidjax.conditioning.tokens import tokenize
 from vidjax.data import records
 from vidjax.errors import ConfigError, InputError
 
-# Loading transformers lazily, or calling a fast tokenizer, from several threads at once fails.
-_TOKENIZER_LOCK = threading.Lock()
 
 
 def default_loader_config() -> ml_collections.ConfigDict:
@@ -92,26 +89,6 @@ class BatchSettings:
 def is_image_step(seed: int, step: int, image_fraction: float) -> bool:
   """Whether batch `step` is an image batch: a function of (seed, step) alone."""
   return bool(np.random.default_rng([seed, step]).random() < image_fraction)
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer(folder: str):
-  import transformers  # pylint: disable=g-import-not-at-top
-  try:
-    return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-  except (OSError, ValueError) as e:
-    raise InputError(folder, f"cannot load a tokenizer ({e})",
-                     "set tokenizer_dir to a saved transformers tokenizer folder") from e
-
-
-def tokenize(captions: list[str], folder: str, max_tokens: int) -> np.ndarray:
-  """int32 (len(captions), L) ids, padded and truncated to L (0: the model_max_length)."""
-  with _TOKENIZER_LOCK:
-    tokenizer = _tokenizer(folder)
-    ids = tokenizer(captions, padding="max_length", truncation=True,
-                    max_length=max_tokens or tokenizer.model_max_length,
-                    return_tensors="np")["input_ids"]
-  return ids.astype(np.int32)
 
 
 def _augment_depth(depth: np.ndarray, structure_fidelity: np.ndarray) -> np.ndarray:

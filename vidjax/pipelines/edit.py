@@ -35,11 +35,14 @@ import numpy as np
 
 import vidjax
 from vidjax.conditioning import structure as structure_lib
+from vidjax.convert import pretrained
 from vidjax.data import video_io
 from vidjax.errors import ConfigError, InputError
+from vidjax.models.clip import encode_image, preprocess_images
+from vidjax.models.depth import DepthEstimator
 from vidjax.pipelines import edit_inputs
 from vidjax.pipelines.model_dir import ModelDir, load_model_dir
-from vidjax.pipelines.sampling import Sampler, SamplingConfig
+from vidjax.sampling.sampler import Sampler, SamplingConfig
 
 EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(vidjax.__file__), "assets", "toy")
 STAGES = ("inputs", "depth", "encode", "sampling", "decode")
@@ -73,7 +76,6 @@ class VideoEditPipeline:
     self.model_dir, self.model, self.params = model_dir, model_dir.model, jax.device_put(model_dir.params)
     self.progress = progress
     if depth_estimator is None and model_dir.depth_estimator is not None:
-      from vidjax.models.depth import DepthEstimator
       config, params = model_dir.depth_estimator
       depth_estimator = DepthEstimator(config, params, **model_dir.manifest.get("depth_estimator_kwargs", {}))
     self.depth_estimator = depth_estimator
@@ -98,7 +100,7 @@ class VideoEditPipeline:
                           "reinstall vidjax from its repository, or pass a checkpoint directory")
       path = EMBEDDED_CHECKPOINT
     if isinstance(depth_estimator, (str, os.PathLike)):
-      depth_estimator = _load_depth_estimator(os.fspath(depth_estimator))
+      depth_estimator = pretrained.load_depth_estimator(depth_estimator)
     return cls(load_model_dir(path), depth_estimator=depth_estimator, progress=progress)
 
   # -- facts about the model ---------------------------------------------------------------------
@@ -358,8 +360,6 @@ class VideoEditPipeline:
       tokens = self.model_dir.tokenizer([s["prompt"], s["negative_prompt"]])
       both = self._content(self.params, jnp.asarray(tokens), None)
       return both[:1], both[1:]
-    from vidjax.models.clip import encode_image, preprocess_images
-
     config = self.model.config.image_encoder
     pixels = preprocess_images(image[None], config.image_size)
     embeds = encode_image(config, self.model_dir.params["image_encoder"], pixels)["image_embeds"]
@@ -425,14 +425,3 @@ def _describe(value: Any) -> Any:
 def _progress_bar(enabled: bool):
   from tqdm.auto import tqdm
   return tqdm(total=len(STAGES), desc="vidjax edit", unit="stage", disable=not enabled, leave=False)
-
-
-def _load_depth_estimator(path: str):
-  from vidjax.convert import pretrained
-  from vidjax.models.depth import DepthEstimator
-
-  if os.path.isfile(os.path.join(path, pretrained.CONFIG_FILE)) and "depth_estimator" in pretrained.read_manifest(
-      path)["components"]:
-    config, params = pretrained.load_pretrained(path, ("depth_estimator",))["depth_estimator"]
-    return DepthEstimator(config, params, **pretrained.read_manifest(path).get("depth_estimator_kwargs", {}))
-  return DepthEstimator.from_pretrained(path)

@@ -20,39 +20,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidjax.data.loader import Loader, tokenize
+from vidjax.data.loader import Loader
 from vidjax.errors import ConfigError
 from vidjax.models import flops
-from vidjax.models.clip import CLIPTextConfig, CLIPVisionConfig
-from vidjax.models.unet import UNetConfig
-from vidjax.models.vae import VAEConfig
-from vidjax.models.video_model import ModelConfig, VideoDiffusionModel
+from vidjax.models.build import build_model
 from vidjax.parallel import mesh as mesh_lib
-from vidjax.pipelines.generate import generate
 from vidjax.parallel import sharding as sharding_lib
+from vidjax.sampling import generate
 from vidjax.train import state as state_lib
 from vidjax.train import surgery
 from vidjax.train.checkpoint import Checkpointer
 from vidjax.train.logging import MetricWriter, ProgressLine, model_flops_utilization
 from vidjax.train.step import make_train_step
-
-
-def _tuples(d: ml_collections.ConfigDict) -> dict[str, Any]:
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in d.to_dict().items()}
-
-
-def build_model(config: ml_collections.ConfigDict) -> VideoDiffusionModel:
-  """The VideoDiffusionModel a config describes (null tokens from the data's tokenizer)."""
-  m = config.model
-  text, null_tokens = None, ()
-  if m.content == "text":
-    text = CLIPTextConfig(**_tuples(m.text_encoder))
-    null_tokens = tuple(int(i) for i in tokenize([""], config.data.tokenizer_dir, config.data.max_caption_tokens)[0])
-  image = CLIPVisionConfig(**_tuples(m.image_encoder)) if m.content == "image" else None
-  return VideoDiffusionModel(ModelConfig(
-      unet=UNetConfig(**_tuples(m.unet)), vae=VAEConfig(**_tuples(m.vae)), text_encoder=text, image_encoder=image,
-      structure=m.structure, content=m.content, null_tokens=null_tokens, prediction_type=m.prediction_type,
-      beta_schedule=m.beta_schedule))
 
 
 class _Preemption:
@@ -223,5 +202,5 @@ def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardi
 def _sample(model, state, conditioning, config, step) -> np.ndarray:
   """A video from the EMA params on fixed conditioning (the run's first video clip): uint8 (1, T, H, W, 3)."""
   params = {**state.params, **state.ema_params}
-  return generate(model, params, jnp.asarray(conditioning["depth"]), seed=step, steps=config.log.sample_steps,
+  return generate.generate(model, params, jnp.asarray(conditioning["depth"]), seed=step, steps=config.log.sample_steps,
                   **{k: jnp.asarray(v) for k, v in conditioning.items() if k != "depth"})

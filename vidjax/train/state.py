@@ -19,6 +19,7 @@ import ml_collections
 import optax
 
 from vidjax.errors import ConfigError
+from vidjax.tree import path_string
 from vidjax.parallel import sharding as sharding_lib
 
 
@@ -31,10 +32,6 @@ class TrainState:
   opt_state: optax.OptState
   ema_params: dict[str, Any]  # the components with trainable params
   rng: jax.Array  # (2,) uint32 key data
-
-
-def path_string(path: Sequence[Any]) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
 def trainable_labels(params: Any, patterns: Sequence[str]) -> Any:

@@ -12,13 +12,15 @@ import re
 import jax.numpy as jnp
 import ml_collections
 
-from data_pipelines import build_shards
 from vidjax import toyworld
-from vidjax.data import video_io
-from vidjax.data.loader import Loader, tokenize
+from vidjax.conditioning.tokens import tokenize
+from vidjax.data import shards, video_io
+from vidjax.data.loader import Loader
+from vidjax.data.sources import ClipSpec, ToySource
 from vidjax.errors import EXIT_OK, ConfigError, atomic_path
+from vidjax.models.build import build_model
 from vidjax.models.video_model import VideoDiffusionModel
-from vidjax.pipelines.generate import generate
+from vidjax.sampling import generate
 from vidjax.train import vae_stage
 from vidjax.train.checkpoint import load_params
 
@@ -34,12 +36,13 @@ def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> None:
   if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
     toyworld.save_tokenizer(tokenizer_dir)
   if not os.path.exists(os.path.join(data_dir, "manifest.json")):
-    status = build_shards.main([
-        "--source", build.source, "--num_examples", str(build.num_examples), "--seed", str(build.seed),
-        "--num_frames", str(build.num_frames), "--stride", str(build.stride), "--height", str(build.size),
-        "--width", str(build.size), "--depth", "toy", "--examples_per_shard", str(build.examples_per_shard),
-        "--num_workers", str(build.num_workers), "--output_dir", data_dir,
-        *(["--with_masks"] if build.get("with_masks") else [])])
+    if build.source != "toy":
+      raise ConfigError("data.build.source", f"{build.source!r}: the main job builds toy shards only",
+                        "use 'toy', or build other data with `vidjax build-shards` and set data.data_dir")
+    spec = shards.BuildSpec(ToySource(build.num_examples, build.seed, bool(build.get("with_masks"))),
+                            ClipSpec(build.num_frames, build.stride, build.size, build.size), data_dir,
+                            depth_method="toy", examples_per_shard=build.examples_per_shard)
+    status = shards.build_shards(spec, build.num_workers, log=print).exit_status
     if status != EXIT_OK:
       raise ConfigError(data_dir, f"building the toy shards exited {status}", "see the messages above")
   config.data.data_dir, config.data.tokenizer_dir = data_dir, tokenizer_dir
@@ -77,8 +80,6 @@ def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionMode
 
 def final_edit(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Edits a held-out toy clip: its depth, a caption with new colours; writes `<workdir>/edit.mp4`."""
-  from vidjax.train.loop import build_model  # the loop imports this module
-
   model = build_model(config)
   edit = config.final_edit
   params = load_params(os.path.join(workdir, "checkpoints"), use_ema=True)
@@ -91,7 +92,7 @@ def final_edit(config: ml_collections.ConfigDict, workdir: str) -> str:
                               width=config.data.build.size, stride=config.data.build.stride)
   tokens = tokenize([caption], config.data.tokenizer_dir, config.data.max_caption_tokens)
   depth = jnp.asarray(clip.disparity, jnp.float32)[None, ..., None] * 2.0 - 1.0
-  frames = generate(model, params, depth, tokens=jnp.asarray(tokens), seed=seed, steps=edit.steps,
+  frames = generate.generate(model, params, depth, tokens=jnp.asarray(tokens), seed=seed, steps=edit.steps,
                     guidance_scale=edit.guidance_scale, temporal_scale=edit.temporal_scale)[0]
   out = os.path.join(workdir, "edit.mp4")
   grid = video_io.make_grid([clip.rgb, video_io.depth_to_rgb(clip.disparity), frames],

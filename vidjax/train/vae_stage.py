@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidjax.convert import common
+from vidjax import tree
 from vidjax.data.loader import Loader
 from vidjax.errors import ConfigError
 from vidjax.models.vae import AutoencoderKL
@@ -62,15 +62,15 @@ def start_from(params: dict[str, Any], labels: dict[str, Any], path: str) -> dic
   if "vae" not in source:
     raise ConfigError("vae_stage.init_from", f"{path} holds no VAE (components: {sorted(source)})",
                       "point at a training workdir, its vae_stage/checkpoints, or a pretrained directory")
-  target = common.flatten(jax.device_get(params["vae"]))
-  trains = {p: l == "train" for p, l in common.flatten(labels["vae"]).items()}
-  copied = {p: v for p, v in common.flatten(source["vae"]).items()
+  target = tree.flatten(jax.device_get(params["vae"]))
+  trains = {p: l == "train" for p, l in tree.flatten(labels["vae"]).items()}
+  copied = {p: v for p, v in tree.flatten(source["vae"]).items()
             if p in target and np.shape(v) == np.shape(target[p])}
   lost = ["/".join(p) for p in target if p not in copied and not trains[p]]
   if lost:
     raise ConfigError("vae_stage.init_from", f"frozen VAE params missing from {path} or reshaped: {lost[:5]}",
                       "train them (vae_stage.trainable) or use a VAE source of the same architecture")
-  merged, report = surgery.merge_params(params["vae"], common.unflatten(copied))
+  merged, report = surgery.merge_params(params["vae"], tree.unflatten(copied))
   print(f"VAE stage init_from {path}: {report}")
   return {"vae": jax.device_put(merged)}
 

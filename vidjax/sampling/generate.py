@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vidjax.models.video_model import VideoDiffusionModel
-from vidjax.pipelines.sampling import Sampler, SamplingConfig
+from vidjax.sampling.sampler import Sampler, SamplingConfig
 
 
 @functools.lru_cache(maxsize=16)
