@@ -9,7 +9,8 @@ Batches (per process; B = batch_size, T = num_frames of the manifest, N = B for 
 image_batch_size, default B * T, for an image batch, whose time axis has length 1):
   frames              float32 (N, T|1, H, W, 3) in [-1, 1]   (absent when use_latents)
   latents             float32 (N, T|1, h, w, 4)              (only when use_latents)
-  depth               float32 (N, T|1, H, W, 1) in [-1, 1], after the t_s blur, min-max per sample
+  depth               float32 (N, T|1, H, W, 1) as stored ([0, 1], 1 = near) after the t_s blur; the
+                      model normalises it (`VideoDiffusionModel.encode_structure`, once)
   structure_fidelity  int32 (N,), the paper's t_s, uniform in [min, max] of the config
   tokens              int32 (N, L), the caption's token ids padded to L
   object_mask         float32 (N, T|1, H, W, 1), 1 on object pixels (only when the shards hold masks)
@@ -92,12 +93,12 @@ def is_image_step(seed: int, step: int, image_fraction: float) -> bool:
 
 
 def _augment_depth(depth: np.ndarray, structure_fidelity: np.ndarray) -> np.ndarray:
-  """float32 (N, T, H, W) in [0, 1] -> (N, T, H, W, 1) in [-1, 1], blurred by t_s per sample."""
+  """float32 (N, T, H, W) in [0, 1] -> (N, T, H, W, 1), blurred by t_s per sample (not normalised: the model does)."""
   out = np.empty(depth.shape, np.float32)
   for t in np.unique(structure_fidelity):
     chosen = structure_fidelity == t
     out[chosen] = structure.augment_structure(depth[chosen], int(t))
-  return structure.normalize_depth(out)[..., None]
+  return out[..., None]
 
 
 class AssembleBatch(grain.transforms.MapWithIndex):

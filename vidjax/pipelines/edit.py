@@ -17,7 +17,8 @@ What one call does, and the papers' controls it exposes:
      through Make-Your-Video's causal window L_M (`temporal_window`), which the temporal attention
      evaluates block by block, so memory grows linearly with the frame count;
   4. decode with the VAE, frame by frame.
-The compiled sampler is cached per static setting (steps, temporal guidance on/off) and shape, so a
+Steps 3 and 4 are `vidjax.sampling.generate`, the path the trainer's sample summaries take too: its
+compiled sampler is cached per model, static setting (steps, temporal guidance on/off) and shape, so a
 new prompt, seed, scale, t_s, window or mask at the same shapes reuses it (`sampler_traces` counts).
 """
 
@@ -42,7 +43,7 @@ from vidjax.models.clip import encode_image, preprocess_images
 from vidjax.models.depth import DepthEstimator
 from vidjax.pipelines import edit_inputs
 from vidjax.pipelines.model_dir import ModelDir, load_model_dir
-from vidjax.sampling.sampler import Sampler, SamplingConfig
+from vidjax.sampling import generate
 
 EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(vidjax.__file__), "assets", "toy")
 STAGES = ("inputs", "depth", "encode", "sampling", "decode")
@@ -79,13 +80,6 @@ class VideoEditPipeline:
       config, params = model_dir.depth_estimator
       depth_estimator = DepthEstimator(config, params, **model_dir.manifest.get("depth_estimator_kwargs", {}))
     self.depth_estimator = depth_estimator
-    self._samplers: dict[SamplingConfig, Sampler] = {}
-    model = self.model
-    self._structure = jax.jit(model.encode_structure, static_argnums=(3,))
-    self._content = jax.jit(lambda params, tokens, embeds: model.encode_content(
-        params, tokens=tokens, image_embeds=embeds))
-    self._encode = jax.jit(model.encode_frames)
-    self._decode = jax.jit(model.decode)
 
   @classmethod
   def from_pretrained(cls, path: str | os.PathLike | None = None, *, depth_estimator: Any = None,
@@ -126,7 +120,7 @@ class VideoEditPipeline:
   @property
   def sampler_traces(self) -> int:
     """How many times a sampling loop was traced (compiled) so far."""
-    return sum(s.traces for s in self._samplers.values())
+    return generate.sampler_traces(self.model)
 
   # -- the edit ----------------------------------------------------------------------------------
 
@@ -206,19 +200,25 @@ class VideoEditPipeline:
     hw = used_depth.shape[1:]
     factor = self.model.config.vae.downsample_factor
     latent_hw = (hw[0] // factor, hw[1] // factor)
-    unet_depth = jnp.asarray(structure_lib.normalize_depth(used_depth))[None, ..., None]  # (1, T, H, W, 1) in [-1, 1]
-    fidelity = jnp.full((1,), settings["structure_fidelity"], jnp.int32)
-    cond = self._structure(self.params, unet_depth, fidelity, latent_hw)
+    cond = generate.encode_structure(self.model, self.params, used_depth[None, ..., None],
+                                     np.full((1,), settings["structure_fidelity"], np.int32), latent_hw)
     context, null_context = self._encode_content(settings, content_image)
     source_latents = None
     if frames is not None and (keep is not None or settings["strength"] < 1.0):
-      source_latents = self._encode(self.params, jnp.asarray(frames, jnp.float32)[None] / 127.5 - 1.0)
+      source_latents = generate.encode_frames(self.model, self.params, frames[None])
     done("encode", (cond, context, null_context, source_latents))
 
-    latents = self._sample(settings, cond, context, null_context, source_latents, keep, latent_hw, t)
+    keep_mask = None if keep is None else jnp.asarray(_latent_mask(keep, t, latent_hw))[None]
+    latents = generate.sample_latents(
+        self.model, self.params, structure=cond, context=context, null_context=null_context,
+        shape=(1, t, *latent_hw, self.model.config.vae.latent_channels), seed=settings["seed"],
+        num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
+        temporal_guidance_scale=settings["temporal_guidance"], eta=settings["eta"],
+        temporal_window=settings["temporal_window"], scheduler=self.model_dir.scheduler,
+        init_latents=source_latents, strength=settings["strength"], keep_mask=keep_mask,
+        source_latents=source_latents)
     done("sampling", latents)
-    video_out = self._decode(self.params, latents)[0]
-    out = np.asarray(jnp.clip((video_out + 1.0) * 127.5, 0, 255).round().astype(jnp.uint8))
+    out = generate.decode_frames(self.model, self.params, latents)[0]
     done("decode", out)
     bar.close()
     for note in notes:
@@ -356,39 +356,15 @@ class VideoEditPipeline:
                        f"pass num_frames <= {max_frames}")
 
   def _encode_content(self, s: dict[str, Any], image: np.ndarray | None) -> tuple[jax.Array, jax.Array]:
+    """-> (context, null context); an empty negative prompt is the model's own null content."""
     if self.model.config.content == "text":
-      tokens = self.model_dir.tokenizer([s["prompt"], s["negative_prompt"]])
-      both = self._content(self.params, jnp.asarray(tokens), None)
-      return both[:1], both[1:]
+      negative = self.model_dir.tokenizer([s["negative_prompt"]]) if s["negative_prompt"] else None
+      return generate.encode_content(self.model, self.params, tokens=self.model_dir.tokenizer([s["prompt"]]),
+                                     negative_tokens=negative)
     config = self.model.config.image_encoder
     pixels = preprocess_images(image[None], config.image_size)
     embeds = encode_image(config, self.model_dir.params["image_encoder"], pixels)["image_embeds"]
-    return self._content(self.params, None, embeds), self.model.null_content(self.params, 1)
-
-  def _sampler(self, steps: int, temporal: bool) -> Sampler:
-    scheduler = self.model_dir.scheduler
-    config = SamplingConfig(num_inference_steps=steps, prediction_type=self.model.config.prediction_type,
-                            spacing=scheduler.get("timestep_spacing", "leading"),
-                            steps_offset=int(scheduler.get("steps_offset", 1)),
-                            set_alpha_to_one=bool(scheduler.get("set_alpha_to_one", False)),
-                            temporal_guidance=temporal)
-    if config not in self._samplers:
-      self._samplers[config] = Sampler(self.model.unet, self.model.schedule, config)
-    return self._samplers[config]
-
-  def _sample(self, s, cond, context, null_context, source_latents, keep, latent_hw, t) -> jax.Array:
-    shape = (1, t, *latent_hw, self.model.config.vae.latent_channels)
-    noise_key, step_key = jax.random.split(jax.random.key(s["seed"]))
-    sampler = self._sampler(s["num_inference_steps"], s["temporal_guidance"] != 1.0)
-    keep_mask = None
-    if keep is not None:
-      keep_mask = jnp.asarray(_latent_mask(keep, t, latent_hw))[None]
-    sdedit = s["strength"] < 1.0
-    return sampler(self.params["unet"], jax.random.normal(noise_key, shape), context, null_context, structure=cond,
-                   rng=step_key, guidance_scale=s["guidance_scale"], temporal_scale=s["temporal_guidance"],
-                   eta=s["eta"], temporal_window=s["temporal_window"],
-                   init_latents=source_latents if sdedit else None, strength=s["strength"] if sdedit else 1.0,
-                   keep_mask=keep_mask, source_latents=source_latents if keep is not None else None)
+    return generate.encode_content(self.model, self.params, image_embeds=embeds)
 
 
 def _latent_mask(keep: np.ndarray, t: int, latent_hw: tuple[int, int]) -> np.ndarray:

@@ -93,7 +93,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       monitor.after_dispatch(step, metrics, local, image_mode, checkpointer)  # reads the previous step
       step += 1
       if config.log.sample_every_steps and step % config.log.sample_every_steps == 0 and monitor.sample_conditioning:
-        monitor.writer.video(step, "samples/ema", _sample(model, state, monitor.sample_conditioning, config, step)[0])
+        video = sample_summary(model, {**state.params, **state.ema_params}, monitor.sample_conditioning,
+                               num_inference_steps=config.log.sample_steps, seed=step)
+        monitor.writer.video(step, "samples/ema", video[0])
       if step % config.checkpoint.every_steps == 0 or step == config.train.num_steps:
         monitor.flush(checkpointer)
         save()
@@ -199,8 +201,16 @@ def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardi
   return jax.device_put(merged, shardings)
 
 
-def _sample(model, state, conditioning, config, step) -> np.ndarray:
-  """A video from the EMA params on fixed conditioning (the run's first video clip): uint8 (1, T, H, W, 3)."""
-  params = {**state.params, **state.ema_params}
-  return generate.generate(model, params, jnp.asarray(conditioning["depth"]), seed=step, steps=config.log.sample_steps,
-                  **{k: jnp.asarray(v) for k, v in conditioning.items() if k != "depth"})
+def sample_summary(model, params, conditioning: dict[str, Any], *, num_inference_steps: int, seed: int) -> np.ndarray:
+  """A video of the sample summaries on fixed conditioning, through the one sampling path.
+
+  Args:
+    params: the model's params (EMA ones during training).
+    conditioning: 'depth' (B, T, H, W, 1) as the loader gives it (after its t_s blur), and 'tokens'
+      (B, L) or 'image_embeds' (B, D).
+  Returns:
+    uint8 (B, T, H, W, 3).
+  """
+  content = {k: conditioning[k] for k in ("tokens", "image_embeds") if k in conditioning}
+  return generate.generate(model, params, conditioning["depth"], seed=seed, num_inference_steps=num_inference_steps,
+                           **content)

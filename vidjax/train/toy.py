@@ -91,9 +91,9 @@ def final_edit(config: ml_collections.ConfigDict, workdir: str) -> str:
   clip = toyworld.render_clip(seed, num_frames=config.data.build.num_frames, height=config.data.build.size,
                               width=config.data.build.size, stride=config.data.build.stride)
   tokens = tokenize([caption], config.data.tokenizer_dir, config.data.max_caption_tokens)
-  depth = jnp.asarray(clip.disparity, jnp.float32)[None, ..., None] * 2.0 - 1.0
-  frames = generate.generate(model, params, depth, tokens=jnp.asarray(tokens), seed=seed, steps=edit.steps,
-                    guidance_scale=edit.guidance_scale, temporal_scale=edit.temporal_scale)[0]
+  frames = generate.generate(model, params, clip.disparity[None, ..., None], tokens=tokens, seed=seed,
+                             num_inference_steps=edit.steps, guidance_scale=edit.guidance_scale,
+                             temporal_guidance_scale=edit.temporal_scale)[0]
   out = os.path.join(workdir, "edit.mp4")
   grid = video_io.make_grid([clip.rgb, video_io.depth_to_rgb(clip.disparity), frames],
                             ["input", "depth", f"edit: {caption}"])

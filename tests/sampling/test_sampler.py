@@ -1,4 +1,4 @@
-"""The compiled sampler: parity of the whole DDIM + CFG loop with diffusers, and compile-once."""
+"""The compiled sampler (vidjax.sampling): parity of the whole DDIM + CFG loop with diffusers, and compile-once."""
 
 from __future__ import annotations
 
