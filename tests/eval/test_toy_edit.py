@@ -148,8 +148,8 @@ def test_main_runs_the_pipeline_and_writes_the_report(monkeypatch, tmp_path, cap
       calls.append(("from_pretrained", path, progress))
       return cls()
 
-    def __call__(self, *, depth, prompt, seed, num_inference_steps, guidance_scale, temporal_guidance):
-      calls.append((depth.shape, seed, num_inference_steps, guidance_scale, temporal_guidance))
+    def __call__(self, *, depth, prompt, seed, num_inference_steps, guidance_scale, temporal_guidance_scale):
+      calls.append((depth.shape, seed, num_inference_steps, guidance_scale, temporal_guidance_scale))
       return types.SimpleNamespace(frames=targets[prompt])
 
   monkeypatch.setitem(sys.modules, "vidjax.pipelines.edit", types.SimpleNamespace(VideoEditPipeline=FakePipeline))
@@ -161,7 +161,7 @@ def test_main_runs_the_pipeline_and_writes_the_report(monkeypatch, tmp_path, cap
   assert calls[1] == ((8, 64, 64), 1_000_000, 3, 4.0, 1.0)
   report = json.loads(out.read_text())
   assert report["mean_iou"] == 1.0 and report["colour_accuracy"] == 1.0 and len(report["rows"]) == 2
-  assert report["settings"]["steps"] == 3 and report["settings"]["seeds"][0] == 1_000_000
+  assert report["settings"]["num_inference_steps"] == 3 and report["settings"]["seeds"][0] == 1_000_000
   printed = capsys.readouterr().out
   assert "1000000" in printed and "mean IoU 1.000" in printed and "colour accuracy 1.000 (" in printed
   assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary left behind

@@ -144,7 +144,7 @@ def _zero_frame_video(tmp_path):
     ("zero_frames", "zero.mp4"),
     ("wrong_mask", "does not fit the video"),
     ("fidelity", "trained with t_s in \\[0, 2\\]"),
-    ("temporal_guidance", "temporal_guidance"),
+    ("temporal_guidance_scale", "temporal_guidance_scale"),
     ("window", "temporal_window"),
     ("image_for_text_model", "conditioned on text"),
     ("no_content", "prompt"),
@@ -165,8 +165,8 @@ def test_bad_inputs_are_refused_before_any_model_work(pipe, clip, tmp_path, case
     args.update(mask=np.ones((31, 32), bool))
   elif case == "fidelity":
     args.update(structure_fidelity=3)
-  elif case == "temporal_guidance":
-    args.update(temporal_guidance=-0.5)
+  elif case == "temporal_guidance_scale":
+    args.update(temporal_guidance_scale=-0.5)
   elif case == "window":
     args.update(temporal_window=0)
   elif case == "image_for_text_model":

@@ -78,14 +78,14 @@ def test_sixteen_frame_temporal_guidance_call_compiles_once():
   unet = VideoUNet(config)
   params = jax.jit(unet.init)(jax.random.key(0), **init_inputs(config, frames=2))["params"]
   sampler = Sampler(unet, diffusion.make_schedule(),
-                    SamplingConfig(num_inference_steps=25, temporal_guidance=True))
+                    SamplingConfig(num_inference_steps=25, with_temporal_guidance=True))
   shape = (1, 16, 32, 32)
 
   def call(seed, window):
     keys = jax.random.split(jax.random.key(seed), 3)
     return sampler(params, jax.random.normal(keys[0], shape + (4,)), jax.random.normal(keys[1], (1, 3, 8)),
                    jnp.zeros((1, 3, 8)), structure=jax.random.uniform(keys[2], shape + (1,)),
-                   guidance_scale=5.0 + seed, temporal_scale=1.5 - 0.1 * seed, temporal_window=window)
+                   guidance_scale=5.0 + seed, temporal_guidance_scale=1.5 - 0.1 * seed, temporal_window=window)
 
   first = call(0, 16)
   second = call(1, 8)  # new noise, prompt, depth, scales and window

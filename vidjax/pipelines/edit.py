@@ -38,7 +38,7 @@ import vidjax
 from vidjax.conditioning import structure as structure_lib
 from vidjax.convert import pretrained
 from vidjax.data import video_io
-from vidjax.errors import ConfigError, InputError
+from vidjax.errors import ConfigError, InputError, check_number
 from vidjax.models.clip import encode_image, preprocess_images
 from vidjax.models.depth import DepthEstimator
 from vidjax.pipelines import edit_inputs
@@ -66,6 +66,38 @@ class EditResult:
   source: np.ndarray | None
   settings: dict[str, Any]
   timings: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EditSettings:
+  """Every input and setting of one edit, named as `__call__`'s arguments (see there), the CLI's flags
+  and the sidecar's keys. `VideoEditPipeline.check_settings` validates one once and resolves its
+  defaults; `VideoEditPipeline.edit` runs only such a checked one."""
+
+  video: Any = None
+  depth: Any = None
+  prompt: str | None = None
+  image: Any = None
+  negative_prompt: str = ""
+  structure_fidelity: int = 0
+  guidance_scale: float | None = None
+  temporal_guidance_scale: float | None = None
+  num_inference_steps: int | None = None
+  eta: float | None = None
+  seed: int = 0
+  strength: float = 1.0
+  mask: Any = None
+  num_frames: int | None = None
+  stride: int = 1
+  start_sec: float = 0.0
+  height: int | None = None
+  width: int | None = None
+  max_side: int | None = None
+  temporal_window: int | None = None
+  checked: bool = dataclasses.field(default=False, init=False, repr=False)  # set by check_settings only
+
+  def as_dict(self) -> dict[str, Any]:
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
 
 class VideoEditPipeline:
@@ -126,7 +158,7 @@ class VideoEditPipeline:
 
   def __call__(self, video: Any = None, *, depth: Any = None, prompt: str | None = None, image: Any = None,
                negative_prompt: str = "", structure_fidelity: int = 0, guidance_scale: float | None = None,
-               temporal_guidance: float | None = None, num_inference_steps: int | None = None,
+               temporal_guidance_scale: float | None = None, num_inference_steps: int | None = None,
                eta: float | None = None, seed: int = 0,
                strength: float = 1.0, mask: Any = None, num_frames: int | None = None, stride: int = 1,
                start_sec: float = 0.0, height: int | None = None, width: int | None = None,
@@ -141,10 +173,10 @@ class VideoEditPipeline:
       prompt / image: the content: a prompt for text models, a content image (path or uint8 array)
         for image-embedding models; negative_prompt replaces the empty prompt in guidance.
       structure_fidelity: t_s, an int within the range the checkpoint was trained on.
-      guidance_scale: omega (>= 0); temporal_guidance: omega_t (>= 0; 1 = plain CFG).
+      guidance_scale: omega (>= 0); temporal_guidance_scale: omega_t (>= 0; 1 = plain CFG).
       num_inference_steps, eta, seed: DDIM settings and the noise seed.
-        guidance_scale, temporal_guidance, num_inference_steps and eta default to the checkpoint's
-        `sampling_defaults`, else 5, 1, 25 and 0 (`model_dir.SAMPLING_DEFAULTS`).
+        guidance_scale, temporal_guidance_scale, num_inference_steps and eta default to the
+        checkpoint's `sampling_defaults`, else 5, 1, 25 and 0 (`sampling.settings.SAMPLING_DEFAULTS`).
       strength: SDEdit strength in (0, 1]; below 1 starts from the noised source video.
       mask: keep the source where True (H, W) or (T, H, W), at the input's size; needs `video`.
       num_frames, stride, start_sec: which frames (default: the trained clip length, or all the
@@ -160,12 +192,14 @@ class VideoEditPipeline:
       InputError / ConfigError naming the input, the problem and the fix; nothing runs before all
       inputs are checked.
     """
-    settings = self.check_settings(
-        video=video, depth=depth, prompt=prompt, image=image, negative_prompt=negative_prompt,
-        structure_fidelity=structure_fidelity, guidance_scale=guidance_scale, temporal_guidance=temporal_guidance,
-        num_inference_steps=num_inference_steps, eta=eta, seed=seed, strength=strength, mask=mask,
-        num_frames=num_frames, stride=stride, start_sec=start_sec, height=height, width=width, max_side=max_side,
-        temporal_window=temporal_window)
+    arguments = {name: value for name, value in locals().items() if name not in ("self", "progress")}
+    return self.edit(self.check_settings(EditSettings(**arguments)), progress=progress)
+
+  def edit(self, settings: EditSettings, *, progress: bool | None = None) -> EditResult:
+    """Runs an edit whose settings `check_settings` returned (checked once, before any model work)."""
+    if not settings.checked:
+      raise ConfigError("settings", "were not checked by this pipeline", "pass pipe.check_settings(settings)")
+    s = settings
     show = self.progress if progress is None else progress
     bar = _progress_bar(show)
     timings, notes = {}, []
@@ -181,9 +215,9 @@ class VideoEditPipeline:
       bar.set_postfix_str(stage)
       return value
 
-    frames, raw_depth, keep, content_image = self._read_inputs(settings, notes)
+    frames, raw_depth, keep, content_image = self._read_inputs(s, notes)
     t = len(frames) if frames is not None else len(raw_depth)
-    self._check_length(t, settings)
+    self._check_length(t, s)
     done("inputs")
     if raw_depth is None and self.depth_estimator is not None:
       raw_depth = np.asarray(self.depth_estimator(frames))
@@ -194,28 +228,28 @@ class VideoEditPipeline:
       raw_depth = edit_inputs.read_depth_input(frames.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114],
                                                                                       np.float32),
                                                num_frames=None, stride=1, start_sec=0.0)
-    used_depth = np.asarray(structure_lib.augment_structure(raw_depth, int(settings["structure_fidelity"])))
+    used_depth = np.asarray(structure_lib.augment_structure(raw_depth, int(s.structure_fidelity)))
     done("depth", used_depth)
 
     hw = used_depth.shape[1:]
     factor = self.model.config.vae.downsample_factor
     latent_hw = (hw[0] // factor, hw[1] // factor)
     cond = generate.encode_structure(self.model, self.params, used_depth[None, ..., None],
-                                     np.full((1,), settings["structure_fidelity"], np.int32), latent_hw)
-    context, null_context = self._encode_content(settings, content_image)
+                                     np.full((1,), s.structure_fidelity, np.int32), latent_hw)
+    context, null_context = self._encode_content(s, content_image)
     source_latents = None
-    if frames is not None and (keep is not None or settings["strength"] < 1.0):
+    if frames is not None and (keep is not None or s.strength < 1.0):
       source_latents = generate.encode_frames(self.model, self.params, frames[None])
     done("encode", (cond, context, null_context, source_latents))
 
     keep_mask = None if keep is None else jnp.asarray(_latent_mask(keep, t, latent_hw))[None]
     latents = generate.sample_latents(
         self.model, self.params, structure=cond, context=context, null_context=null_context,
-        shape=(1, t, *latent_hw, self.model.config.vae.latent_channels), seed=settings["seed"],
-        num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
-        temporal_guidance_scale=settings["temporal_guidance"], eta=settings["eta"],
-        temporal_window=settings["temporal_window"], scheduler=self.model_dir.scheduler,
-        init_latents=source_latents, strength=settings["strength"], keep_mask=keep_mask,
+        shape=(1, t, *latent_hw, self.model.config.vae.latent_channels), seed=s.seed,
+        num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+        temporal_guidance_scale=s.temporal_guidance_scale, eta=s.eta,
+        temporal_window=s.temporal_window, scheduler=self.model_dir.scheduler,
+        init_latents=source_latents, strength=s.strength, keep_mask=keep_mask,
         source_latents=source_latents)
     done("sampling", latents)
     out = generate.decode_frames(self.model, self.params, latents)[0]
@@ -223,21 +257,23 @@ class VideoEditPipeline:
     bar.close()
     for note in notes:
       warnings.warn(note, stacklevel=2)
-    depth_source = _describe(depth) if depth is not None else (
+    depth_source = _describe(s.depth) if s.depth is not None else (
         "estimated" if self.depth_estimator is not None else "brightness")
-    settings = {**settings, "video": _describe(video), "depth": depth_source, "image": _describe(image),
-                "mask": _describe(mask), "num_frames": t, "height": hw[0], "width": hw[1],
-                "checkpoint": os.path.abspath(self.model_dir.path), "vidjax_version": vidjax.__version__,
-                "warnings": notes}
-    return EditResult(frames=out, depth=used_depth.astype(np.float32), source=frames, settings=settings,
+    record = {**s.as_dict(), "video": _describe(s.video), "depth": depth_source, "image": _describe(s.image),
+              "mask": _describe(s.mask), "num_frames": t, "height": hw[0], "width": hw[1],
+              "checkpoint": os.path.abspath(self.model_dir.path), "vidjax_version": vidjax.__version__,
+              "warnings": notes}
+    return EditResult(frames=out, depth=used_depth.astype(np.float32), source=frames, settings=record,
                       timings=timings)
 
   # -- steps -------------------------------------------------------------------------------------
 
-  def check_settings(self, **s) -> dict[str, Any]:
-    """Checks every setting that needs no file reading (all of `__call__`'s keyword arguments but
-    `progress`); returns them with defaults resolved. Raises InputError naming the first bad one."""
+  def check_settings(self, settings: EditSettings | None = None, /, **changes) -> EditSettings:
+    """Checks every setting that needs no file reading, once: `settings` (default EditSettings()) with
+    `changes` (`__call__`'s keyword arguments) in place. Returns a checked copy with defaults resolved,
+    what `edit` runs. Raises InputError naming the first bad one."""
     config = self.model.config
+    s = dataclasses.replace(settings or EditSettings(), **changes).as_dict()
     s.update({name: value for name, value in self.model_dir.sampling_defaults.items() if s.get(name) is None})
     if s["video"] is None and s["depth"] is None:
       raise InputError("video / depth", "neither was given", "pass a video to edit, or a depth sequence to follow")
@@ -258,7 +294,7 @@ class VideoEditPipeline:
     _check_int("structure_fidelity", s["structure_fidelity"], low, high,
                f"this checkpoint was trained with t_s in [{low}, {high}]; pass a value in that range")
     _check_number("guidance_scale", s["guidance_scale"], 0.0, None, "pass omega >= 0 (1 = no guidance)")
-    _check_number("temporal_guidance", s["temporal_guidance"], 0.0, None,
+    _check_number("temporal_guidance_scale", s["temporal_guidance_scale"], 0.0, None,
                   "pass omega_t >= 0 (1 = off, > 1 = smoother, < 1 = more per-frame detail)")
     _check_int("num_inference_steps", s["num_inference_steps"], 1, config.num_train_timesteps,
                f"pass 1 .. {config.num_train_timesteps} steps")
@@ -295,57 +331,59 @@ class VideoEditPipeline:
       raise InputError("temporal_window", f"L_M = {window}, but this model has no causal temporal attention",
                        "leave temporal_window unset")
     if limit is not None:
-      if window is None:
-        window = self.model_dir.video.get("temporal_window") or self.trained_frames or limit
+      if window is None:  # the checkpoint's L_M, else the trained length, within what the model represents
+        window = min(self.model_dir.video.get("temporal_window") or self.trained_frames or limit, limit)
       _check_int("temporal_window", window, 1, limit,
                  f"pass 1 <= L_M <= {limit} (the relative-position range of this model's temporal attention + 1)")
-      s["temporal_window"] = min(int(window), limit)
-    return s
+      s["temporal_window"] = int(window)
+    checked = EditSettings(**s)
+    object.__setattr__(checked, "checked", True)  # frozen: only this method marks a copy as checked
+    return checked
 
-  def _read_inputs(self, s: dict[str, Any], notes: list[str]):
+  def _read_inputs(self, s: EditSettings, notes: list[str]):
     """-> frames uint8 (T, H, W, 3) | None, depth float32 (T, H, W) | None, keep bool (T|1, H, W) | None, image."""
     frames = depth = keep = None
-    select = dict(num_frames=s["num_frames"], stride=s["stride"], start_sec=s["start_sec"])
-    if s["video"] is not None:
-      frames = edit_inputs.read_video_input(s["video"], **select)
-    if s["depth"] is not None:  # selected as the video's frames are
-      depth = edit_inputs.read_depth_input(s["depth"], **select)
+    select = dict(num_frames=s.num_frames, stride=s.stride, start_sec=s.start_sec)
+    if s.video is not None:
+      frames = edit_inputs.read_video_input(s.video, **select)
+    if s.depth is not None:  # selected as the video's frames are
+      depth = edit_inputs.read_depth_input(s.depth, **select)
       if frames is not None and len(depth) != len(frames):
         raise InputError("depth", f"has {len(depth)} frames for a {len(frames)}-frame video",
                          "pass one depth map per selected video frame")
     source_hw = (frames if frames is not None else depth).shape[1:3]
-    if s["mask"] is not None:
-      keep = edit_inputs.read_mask_input(s["mask"], num_frames=len(frames), size=source_hw)
-    content_image = edit_inputs.read_image_input(s["image"]) if s["image"] is not None else None
+    if s.mask is not None:
+      keep = edit_inputs.read_mask_input(s.mask, num_frames=len(frames), size=source_hw)
+    content_image = edit_inputs.read_image_input(s.image) if s.image is not None else None
     # One geometry for frames, depth and mask: scale and centre-crop to the model's size multiple.
     m = self.size_multiple
-    if s["height"] is not None:
-      target = (s["height"], s["width"])
+    if s.height is not None:
+      target = (s.height, s.width)
       scaled = edit_inputs.scaled_size(source_hw, target, None)
       if frames is not None:
         frames = video_io.resize_center_crop(frames, *target)
       if tuple(source_hw) != target:
         notes.append(f"input resized and centre-cropped from {source_hw[1]}x{source_hw[0]} to {target[1]}x{target[0]}")
     else:
-      scaled = edit_inputs.scaled_size(source_hw, source_hw, s["max_side"])
+      scaled = edit_inputs.scaled_size(source_hw, source_hw, s.max_side)
       target = (scaled[0] // m * m, scaled[1] // m * m)
       if min(target) < m:
         raise InputError(f"input of {source_hw[1]}x{source_hw[0]}", f"is too small for this model's size multiple {m}",
                          f"use frames of at least {m}x{m}")
       if frames is not None:
-        frames, message = video_io.fit_to_multiple(frames, m, s["max_side"])
+        frames, message = video_io.fit_to_multiple(frames, m, s.max_side)
         if message:
           notes.append(message)
       elif tuple(target) != tuple(source_hw):
         notes.append(f"depth changed from {source_hw[1]}x{source_hw[0]} to {target[1]}x{target[0]}: sides must be "
-                     f"multiples of {m} and at most {s['max_side']}")
+                     f"multiples of {m} and at most {s.max_side}")
     if depth is not None:
       depth = np.clip(edit_inputs.fit_maps(depth, scaled, target), 0.0, 1.0)
     if keep is not None:
       keep = edit_inputs.fit_maps(keep.astype(np.float32), scaled, target) > 0.5
     return frames, depth, keep, content_image
 
-  def _check_length(self, t: int, s: dict[str, Any]) -> None:
+  def _check_length(self, t: int, s: EditSettings) -> None:
     trained = self.trained_frames
     if trained and t > trained and self.max_temporal_window is None:
       raise InputError(f"{t} frames", f"more than the {trained} this model was trained on, and it has no causal "
@@ -355,11 +393,11 @@ class VideoEditPipeline:
       raise InputError(f"{t} frames", f"more than the model's {max_frames} frame-index embeddings",
                        f"pass num_frames <= {max_frames}")
 
-  def _encode_content(self, s: dict[str, Any], image: np.ndarray | None) -> tuple[jax.Array, jax.Array]:
+  def _encode_content(self, s: EditSettings, image: np.ndarray | None) -> tuple[jax.Array, jax.Array]:
     """-> (context, null context); an empty negative prompt is the model's own null content."""
     if self.model.config.content == "text":
-      negative = self.model_dir.tokenizer([s["negative_prompt"]]) if s["negative_prompt"] else None
-      return generate.encode_content(self.model, self.params, tokens=self.model_dir.tokenizer([s["prompt"]]),
+      negative = self.model_dir.tokenizer([s.negative_prompt]) if s.negative_prompt else None
+      return generate.encode_content(self.model, self.params, tokens=self.model_dir.tokenizer([s.prompt]),
                                      negative_tokens=negative)
     config = self.model.config.image_encoder
     pixels = preprocess_images(image[None], config.image_size)
@@ -376,16 +414,11 @@ def _latent_mask(keep: np.ndarray, t: int, latent_hw: tuple[int, int]) -> np.nda
 
 
 def _check_number(name: str, value: Any, low: float | None, high: float | None, fix: str) -> None:
-  ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and np.isfinite(value)
-  if not ok or (low is not None and value < low) or (high is not None and value > high):
-    bounds = f"[{low}, {'inf' if high is None else high}]"
-    raise InputError(name, f"{value!r} is outside {bounds}", fix)
+  check_number(name, value, low, high, fix)
 
 
 def _check_int(name: str, value: Any, low: int | None, high: int | None, fix: str) -> None:
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-    raise InputError(name, f"{value!r} is not an integer", fix)
-  _check_number(name, int(value), low, high, fix)
+  check_number(name, value, low, high, fix, integer=True)
 
 
 def _describe(value: Any) -> Any:

@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--checkpoint", default=None,
                       help="a VideoEditPipeline checkpoint directory (default: the embedded toy checkpoint)")
   parser.add_argument("--num_clips", type=int, default=20, help="held-out toy scenes to edit (default 20)")
-  parser.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+  parser.add_argument("--num_inference_steps", "--steps", type=int, default=25, dest="num_inference_steps",
+                      help="DDIM steps (default 25)")
   parser.add_argument("--guidance_scale", type=float, default=None,
                       help="classifier-free guidance (default: the checkpoint's sampling default, else 5)")
   parser.add_argument("--first_seed", type=int, default=1_000_000,
@@ -44,15 +45,16 @@ def main(argv: list[str] | None = None) -> int:
 
   def edit(case: toy_edit.EditCase) -> np.ndarray:
     result = pipe(depth=case.source.disparity, prompt=case.target_caption, seed=case.seed,
-                  num_inference_steps=args.steps, guidance_scale=guidance, temporal_guidance=1.0)
+                  num_inference_steps=args.num_inference_steps, guidance_scale=guidance, temporal_guidance_scale=1.0)
     return np.asarray(result.frames)
 
   print(f"{'seed':>8}  {'IoU':>5}  {'consist':>7}  {'secs':>6}  colours (wanted: got)")
   report = toy_edit.evaluate(edit, cases, on_row=lambda row: print(toy_edit.format_row(row), flush=True))
   print(toy_edit.summary(report))
   if args.out:
-    settings = {"checkpoint": args.checkpoint, "num_clips": args.num_clips, "steps": args.steps,
-                "guidance_scale": guidance, "temporal_guidance": 1.0,
+    settings = {"checkpoint": args.checkpoint, "num_clips": args.num_clips,
+                "num_inference_steps": args.num_inference_steps,
+                "guidance_scale": guidance, "temporal_guidance_scale": 1.0,
                 "seeds": [case.seed for case in cases]}
     with atomic_path(args.out) as tmp, open(tmp, "w") as f:
       json.dump({"settings": settings, **report}, f, indent=1)

@@ -48,7 +48,7 @@ def _compiled(model: VideoDiffusionModel) -> _Compiled:
                    encode=jax.jit(model.encode_frames), decode=jax.jit(model.decode))
 
 
-def sampling_config(model: VideoDiffusionModel, num_inference_steps: int, *, temporal_guidance: bool,
+def sampling_config(model: VideoDiffusionModel, num_inference_steps: int, *, with_temporal_guidance: bool,
                     scheduler: Mapping[str, Any] | None = None) -> SamplingConfig:
   """The static settings of a loop: the step count, the model's parameterisation, and the spacing of a
   checkpoint's `scheduler` manifest entry (diffusers' fields; default: what training exports)."""
@@ -57,7 +57,7 @@ def sampling_config(model: VideoDiffusionModel, num_inference_steps: int, *, tem
                         spacing=scheduler.get("timestep_spacing", "leading"),
                         steps_offset=int(scheduler.get("steps_offset", 1)),
                         set_alpha_to_one=bool(scheduler.get("set_alpha_to_one", False)),
-                        temporal_guidance=temporal_guidance)
+                        with_temporal_guidance=with_temporal_guidance)
 
 
 # The one Sampler cache: per model (weakly: a dropped model frees its loops), per static setting.
@@ -116,13 +116,14 @@ def sample_latents(model: VideoDiffusionModel, params: Mapping[str, Any], *, str
   Returns:
     float32 latents of `shape`.
   """
-  config = sampling_config(model, num_inference_steps, temporal_guidance=temporal_guidance_scale != 1.0,
+  config = sampling_config(model, num_inference_steps, with_temporal_guidance=temporal_guidance_scale != 1.0,
                            scheduler=scheduler)
   noise_key, step_key = jax.random.split(jax.random.key(seed))
   sdedit = strength < 1.0
   return sampler_for(model, config)(
       params["unet"], jax.random.normal(noise_key, shape), context, null_context, structure=structure, rng=step_key,
-      guidance_scale=guidance_scale, temporal_scale=temporal_guidance_scale, eta=eta, temporal_window=temporal_window,
+      guidance_scale=guidance_scale, temporal_guidance_scale=temporal_guidance_scale, eta=eta,
+      temporal_window=temporal_window,
       init_latents=init_latents if sdedit else None, strength=strength if sdedit else 1.0, keep_mask=keep_mask,
       source_latents=source_latents if keep_mask is not None else None)
 
