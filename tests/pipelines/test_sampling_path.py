@@ -6,6 +6,7 @@ import numpy as np
 
 import tiny_model_dir
 from vidjax import toyworld
+from vidjax.conditioning import structure
 from vidjax.pipelines.edit import VideoEditPipeline
 from vidjax.sampling import generate
 from vidjax.train import loop
@@ -30,6 +31,23 @@ def test_the_pipeline_and_the_training_summary_give_the_same_video_from_one_comp
                               num_inference_steps=2, seed=4)
   assert not np.array_equal(other, summary)  # the seed is used, so equality above is not vacuous
   assert pipe.sampler_traces == 2  # a new seed reuses the compiled loop
+
+
+def test_the_training_summary_of_a_gen1_model_uses_the_batchs_structure_fidelity(tmp_path):
+  """The loader blurs depth by each clip's t_s; a 'depth_latent' model also reads t_s as 4 channels. The
+  summary must give it the t_s its depth was blurred with, as the pipeline does."""
+  pipe = VideoEditPipeline.from_pretrained(tiny_model_dir.write(tmp_path / "gen1", structure="depth_latent"),
+                                           progress=False)
+  disparity = toyworld.render_clip(8, num_frames=tiny_model_dir.FRAMES, height=32, width=32, stride=1).disparity
+  edited = pipe(depth=disparity, prompt=PROMPT, seed=5, num_inference_steps=2, guidance_scale=5.0,
+                structure_fidelity=2)
+  # A loader batch of that clip drawn at t_s = 2 (its depth blurred accordingly), as the loop keeps it.
+  batch = {"frames": np.zeros((1, tiny_model_dir.FRAMES, 32, 32, 3), np.float32),
+           "depth": structure.augment_structure(disparity, 2)[None, ..., None],
+           "structure_fidelity": np.asarray([2], np.int32), "tokens": pipe.model_dir.tokenizer([PROMPT])}
+  summary = loop.sample_summary(pipe.model, pipe.params, loop.sample_conditioning(batch), num_inference_steps=2,
+                                seed=5)
+  np.testing.assert_array_equal(edited.frames, summary[0])
 
 
 def test_frames_are_rounded_to_uint8_not_truncated():

@@ -20,7 +20,7 @@ from vidjax.convert import common, pretrained
 from vidjax.convert.pretrained import CONTENTS, STRUCTURES
 from vidjax.errors import InputError
 from vidjax.models.build import build_model
-from vidjax.sampling.settings import SAMPLING_DEFAULTS, check_sampling_defaults
+from vidjax.sampling.settings import SAMPLING_DEFAULTS, check_sampling_defaults, parse_setting
 from vidjax.train.checkpoint import Checkpointer, load_params
 
 
@@ -74,19 +74,20 @@ def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, use_em
   return pretrained.save_pretrained(out_dir, components, extra=extra, assets=assets)
 
 
-def _setting(text: str) -> tuple[str, float]:
-  name, sep, value = text.partition("=")
-  try:
-    if not sep:
-      raise ValueError
-    return name.strip(), float(value)
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f"{text!r} is not NAME=NUMBER (e.g. guidance_scale=2)") from e
+def _sampling_defaults(texts: list[str]) -> dict[str, float]:
+  """--sampling-default NAME=VALUE flags -> {name: value}, through the one NAME=VALUE parser."""
+  values = {}
+  for text in texts:
+    name, parsed = parse_setting(text, "--sampling-default", {name: float for name in SAMPLING_DEFAULTS})
+    if len(parsed) != 1:
+      raise InputError(f"--sampling-default {text}", "gives several values", "give one value per setting")
+    values[name] = parsed[0]
+  return values
 
 
 def _run(args: argparse.Namespace) -> dict[str, common.ConversionReport]:
   export_run(args.src, args.out, use_ema=not args.no_ema, dtype=args.dtype,
-             sampling_defaults=dict(args.sampling_default or []))
+             sampling_defaults=_sampling_defaults(args.sampling_default or []))
   from safetensors import safe_open
 
   reports = {}
@@ -103,6 +104,6 @@ def add_run_command(command: Callable[..., argparse.ArgumentParser]) -> None:
   run.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="store floating weights in this dtype (default: as trained)")
   run.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
-  run.add_argument("--sampling-default", type=_setting, action="append", metavar="NAME=VALUE",
+  run.add_argument("--sampling-default", action="append", metavar="NAME=VALUE",
                    help="a setting the checkpoint recommends, used where an edit leaves it unset (repeatable; "
                    f"NAME: {', '.join(SAMPLING_DEFAULTS)})")

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -23,7 +24,7 @@ from vidjax.errors import ConfigError
 
 _FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", flag_values=_FLAGS,
-                                          lock_config=False)
+                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and samples go", flag_values=_FLAGS)
 
 
@@ -42,6 +43,21 @@ def main(argv: list[str] | None = None) -> int:
   return run(_CONFIG.value, _WORKDIR.value)
 
 
+def with_values(config: ml_collections.ConfigDict, values: dict[str, object]) -> ml_collections.ConfigDict:
+  """A locked copy of `config` with the dotted fields of `values` set (existing fields only)."""
+  copy = config.copy_and_resolve_references()
+  for dotted, value in values.items():
+    *parents, leaf = dotted.split(".")
+    node = copy
+    for name in parents:
+      node = node[name]
+    if leaf not in node:
+      raise ConfigError(dotted, "is not a field of the config", "a stage may only fill fields the config defines")
+    node[leaf] = value
+  copy.lock()
+  return copy
+
+
 def run(config, workdir: str) -> int:
   import jax
 
@@ -53,12 +69,16 @@ def run(config, workdir: str) -> int:
 
   start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
+  # The config is input only: each stage returns what it produced, and the next stages get a copy of
+  # the config with those values in place (`with_values`); the given config is left as it was.
   if config.data.get("build") and config.data.build.source:
-    toy.ensure_data(config, workdir)
+    data_dir, tokenizer_dir = toy.ensure_data(config, workdir)
+    config = with_values(config, {"data.data_dir": data_dir, "data.tokenizer_dir": tokenizer_dir})
   stage = config.get("vae_stage")
   if stage and stage.num_steps > 0 and (not config.init_from or stage.get("init_from")):
-    model = loop.build_model(config)
-    config.init_from = ",".join(p for p in (config.init_from, toy.train_vae_stage(config, model, workdir)) if p)
+    vae_dir, scaling_factor = toy.train_vae_stage(config, loop.build_model(config), workdir)
+    config = with_values(config, {"init_from": ",".join(p for p in (config.init_from, vae_dir) if p),
+                                  "model.vae.scaling_factor": scaling_factor})
   summary = loop.train_and_evaluate(config, workdir)
   if config.get("final_edit") and config.final_edit.enabled and summary["step"] >= config.train.num_steps:
     toy.final_edit(config, workdir)

@@ -25,10 +25,11 @@ from vidjax.train import vae_stage
 from vidjax.train.checkpoint import load_params
 
 
-def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Builds the toy shards and tokenizer unless they are complete; points config.data at them.
+def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, str]:
+  """Builds the toy shards and tokenizer unless they are complete; returns (data_dir, tokenizer_dir).
 
-  They go where config.data.data_dir / tokenizer_dir say, or under `workdir` when those are empty.
+  They go where config.data.data_dir / tokenizer_dir say, or under `workdir` when those are empty
+  (the config is input only: the caller points the next stages at what this returns).
   """
   build = config.data.build
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
@@ -45,11 +46,11 @@ def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> None:
     status = shards.build_shards(spec, build.num_workers, log=print).exit_status
     if status != EXIT_OK:
       raise ConfigError(data_dir, f"building the toy shards exited {status}", "see the messages above")
-  config.data.data_dir, config.data.tokenizer_dir = data_dir, tokenizer_dir
+  return data_dir, tokenizer_dir
 
 
-def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionModel, workdir: str) -> str:
-  """Trains the VAE first and sets its scaling factor; returns the directory `init_from` reads it from.
+def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionModel, workdir: str) -> tuple[str, float]:
+  """Trains the VAE first; returns (the directory `init_from` reads it from, the latents' scaling factor).
 
   The scaling factor makes the latents unit-variance (latent diffusion's scale_by_std): 1 / std of
   the posterior means of `vae_stage.scale_batches` batches, measured once and kept in a JSON file so
@@ -62,7 +63,7 @@ def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionMode
   encoder_trains = any(re.fullmatch(p, "vae/encoder/conv_in/kernel") for p in patterns)
   if not encoder_trains:
     print(f"VAE stage done: encoder frozen, scaling factor {config.model.vae.scaling_factor:.4f} kept")
-    return directory
+    return directory, float(config.model.vae.scaling_factor)
   if not os.path.exists(path):
     params = load_params(directory)
     loader_config = config.data.copy_and_resolve_references()
@@ -73,9 +74,9 @@ def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionMode
     with atomic_path(path) as tmp, open(tmp, "w") as f:
       json.dump({"scaling_factor": float(1.0 / jnp.std(jnp.stack(means)))}, f)
   with open(path) as f:
-    config.model.vae.scaling_factor = json.load(f)["scaling_factor"]
-  print(f"VAE stage done: scaling factor {config.model.vae.scaling_factor:.4f}")
-  return directory
+    scaling_factor = float(json.load(f)["scaling_factor"])
+  print(f"VAE stage done: scaling factor {scaling_factor:.4f}")
+  return directory, scaling_factor
 
 
 def final_edit(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -92,8 +93,8 @@ def final_edit(config: ml_collections.ConfigDict, workdir: str) -> str:
                               width=config.data.build.size, stride=config.data.build.stride)
   tokens = tokenize([caption], config.data.tokenizer_dir, config.data.max_caption_tokens)
   frames = generate.generate(model, params, clip.disparity[None, ..., None], tokens=tokens, seed=seed,
-                             num_inference_steps=edit.steps, guidance_scale=edit.guidance_scale,
-                             temporal_guidance_scale=edit.temporal_scale)[0]
+                             num_inference_steps=edit.num_inference_steps, guidance_scale=edit.guidance_scale,
+                             temporal_guidance_scale=edit.temporal_guidance_scale)[0]
   out = os.path.join(workdir, "edit.mp4")
   grid = video_io.make_grid([clip.rgb, video_io.depth_to_rgb(clip.disparity), frames],
                             ["input", "depth", f"edit: {caption}"])

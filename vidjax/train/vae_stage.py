@@ -98,11 +98,13 @@ def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: st
     (_, metrics), grads = grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=params), metrics
+    # No averaging in this stage: its "EMA" is the params themselves (what init_from and export read).
+    ema = state_lib.trainable_subtree(params, labels)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), metrics
 
   checkpointer = Checkpointer(directory, keep=1, async_save=False)
   loader = Loader(data)
-  create = lambda key: state_lib.create_state(init, tx, ("vae",), key)
+  create = lambda key: state_lib.create_state(init, tx, labels, key)
   if checkpointer.latest_step() is not None:
     abstract = jax.eval_shape(lambda key: unbox(create(key)), jax.random.key(0))
     state, data_state, _ = checkpointer.restore(abstract)
@@ -111,7 +113,7 @@ def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: st
     state = jax.jit(lambda key: unbox(create(key)))(jax.random.key(config.seed + 1))
     if stage.get("init_from"):
       params = start_from(state.params, labels, stage.init_from)
-      state = state.replace(params=params, ema_params=params)
+      state = state.replace(params=params, ema_params=state_lib.ema_like(params, state.ema_params))
   print(f"VAE stage: {stage.num_steps} steps on single frames")
   progress = ProgressLine(stage.num_steps, clips_per_step=data.batch_size * config.data.build.num_frames,
                           frames_per_clip=1, every=config.log.every_steps, start_step=int(state.step))
