@@ -29,11 +29,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vidjax.convert.hf_dpt import load_depth_estimator
 from vidjax.data import depth_estimators, records
 from vidjax.data.shards import BuildSpec, build_shards  # noqa: F401 (build_shards: also the API of this job)
 from vidjax.data.sources import ClipSpec, FolderSource, TfdsSource, ToySource
 from vidjax.errors import EXIT_ERROR, EXIT_OK, InputError, VidjaxError
+
+
+def load_dpt(weights: str):
+  """The 'dpt' depth method's model (module level: pickled to the workers; jax loads only when used)."""
+  from vidjax.convert.hf_dpt import load_depth_estimator  # pylint: disable=g-import-not-at-top
+
+  return load_depth_estimator(weights)
 
 
 def _positive(text: str) -> int:
@@ -95,7 +101,7 @@ def spec_from_args(args: argparse.Namespace) -> BuildSpec:
                                       depth_weights=args.depth_weights)
   clip = ClipSpec(args.num_frames, args.stride, args.height, args.width)
   return BuildSpec(source, clip, args.output_dir, depth, args.depth_dir, args.depth_weights,
-                   args.examples_per_shard, load_depth_model=load_depth_estimator)
+                   args.examples_per_shard, load_depth_model=load_dpt)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,10 @@ configuration) prints one line naming the input, the problem and the fix, and ex
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
+import vidjax
 from vidjax.errors import EXIT_ERROR, ConfigError, VidjaxError
 
 # name -> (module with main(argv), one-line help)
@@ -37,13 +39,15 @@ def convert(argv: list[str] | None = None) -> int:
 
 
 def build_shards(argv: list[str] | None = None) -> int:
-  """`vidjax build-shards`: the offline job `data_pipelines.build_shards` (beside the library, not in it)."""
-  try:
-    module = importlib.import_module("data_pipelines.build_shards")
-  except ImportError as e:
-    raise ConfigError("vidjax build-shards", f"the data_pipelines jobs are not importable ({e})",
-                      "run it from a vidjax checkout (python -m data_pipelines.build_shards), where they live") from e
-  return module.main(argv)
+  """`vidjax build-shards`: the offline job data_pipelines/build_shards.py, found by path (it is not
+  installed): in the current folder, else in the checkout this vidjax runs from."""
+  for root in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(vidjax.__file__)))):
+    if os.path.isfile(os.path.join(root, "data_pipelines", "build_shards.py")):
+      if root not in sys.path:
+        sys.path.insert(0, root)
+      return importlib.import_module("data_pipelines.build_shards").main(argv)
+  raise ConfigError("vidjax build-shards", "data_pipelines/build_shards.py is not in this folder nor beside vidjax",
+                    "run it from a vidjax checkout (the offline jobs are not installed with the package)")
 
 
 def usage() -> str:
