@@ -7,21 +7,24 @@
       --depth dpt --depth_weights /weights/dpt_large --output_dir /data/ucf101_shards
 
 (`vidjax build-shards` runs the same `main`: flags -> `vidjax.data.shards.build_shards`, the builder
-the toy main job uses too.) Clips are T frames (--num_frames, default 8) taken --stride frames apart (default 4: Gen-1 uses 8 at stride 4, Make-Your-Video 16 at stride 4),
-resized and centre-cropped to --height x --width. Sources, clip policy and depth methods are
+the toy main job uses too.) Clips are T frames (--num_frames, default 8) taken --stride frames apart
+(default 4: Gen-1 uses 8 at stride 4, Make-Your-Video 16 at stride 4), resized and centre-cropped to --height x --width. Sources, clip policy and depth methods are
 described in `vidjax.data.sources` and `vidjax.data.depth_estimators`; the record format in
 `vidjax.data.records`.
 
 Output folder: `shard-SSSSS-of-NNNNN.array_record` files, `manifest.json` (written last, so a folder
-with a manifest is complete), `skipped.jsonl` (one {"key", "source", "reason"} per skipped item) and
-`done/<shard>.json` markers. Each shard is one task of --num_workers processes. A shard is written
-under a temporary name and renamed, then its marker is written; a re-run reuses every shard whose
-marker matches this build and rebuilds the rest, so a killed run resumes where it stopped and never
-leaves a half-written shard under a final name. Shards whose items were all skipped are not listed.
+with a manifest is complete), `skipped.jsonl` (one {"key", "source", "reason"} per skipped item),
+`warnings.jsonl` (one {"key", "source", "warning"} per change worth knowing, e.g. a video smaller
+than the clip upscaled; sources under --min_source_side are skipped instead) and `done/<shard>.json`
+markers. Each shard is one task of --num_workers processes. A shard is written under a temporary
+name and renamed, then its marker is written; a re-run reuses every shard whose marker matches this
+build and rebuilds the rest, so a killed run resumes where it stopped and never leaves a
+half-written shard under a final name. Shards whose items were all skipped are not listed.
 
-Exit status: 0 every item was written; 3 (EXIT_PARTIAL) some items were skipped (unreadable,
-too short, no depth; printed and listed in skipped.jsonl) and the others written; 2 (EXIT_ERROR)
-wrong arguments, or nothing could be written.
+Exit status: 0 every item was written (warnings, printed and in warnings.jsonl, included); 3
+(EXIT_PARTIAL) some items were skipped (unreadable, too short, too small, no depth; printed and
+listed in skipped.jsonl) and the others written; 2 (EXIT_ERROR) wrong arguments, or nothing could be
+written.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import argparse
 import sys
 
 from vidjax.data import depth_estimators, records
-from vidjax.data.shards import BuildSpec, build_shards  # noqa: F401 (build_shards: also the API of this job)
+from vidjax.data.shards import WARNINGS_NAME, BuildSpec, build_shards  # noqa: F401 (also the API of this job)
 from vidjax.data.sources import ClipSpec, FolderSource, TfdsSource, ToySource
 from vidjax.errors import EXIT_ERROR, EXIT_OK, InputError, VidjaxError
 
@@ -46,6 +49,13 @@ def _positive(text: str) -> int:
   value = int(text)
   if value < 1:
     raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+  return value
+
+
+def _non_negative(text: str) -> int:
+  value = int(text)
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
   return value
 
 
@@ -70,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
   add("--stride", type=_positive, default=4)
   add("--height", type=_positive, default=256)
   add("--width", type=_positive, default=256)
+  add("--min_source_side", type=_non_negative, default=16,
+      help="skip sources whose centre crop has a side under this many pixels (upscaling more is guesswork; "
+      "smaller upscales are warned about); 0 takes any size (default 16, what vidjax edit refuses)")
   add("--depth", choices=depth_estimators.DEPTH_METHODS,
       help="default: toy for --source toy; required otherwise")
   add("--depth_dir", help="depth folder: <depth_dir>/<key>.npy")
@@ -99,7 +112,7 @@ def spec_from_args(args: argparse.Namespace) -> BuildSpec:
                      "pass --depth folder or --depth dpt (toy ground truth needs --source toy)")
   depth_estimators.check_depth_method(depth, depth_dir=args.depth_dir,
                                       depth_weights=args.depth_weights)
-  clip = ClipSpec(args.num_frames, args.stride, args.height, args.width)
+  clip = ClipSpec(args.num_frames, args.stride, args.height, args.width, args.min_source_side)
   return BuildSpec(source, clip, args.output_dir, depth, args.depth_dir, args.depth_weights,
                    args.examples_per_shard, load_depth_model=load_dpt)
 
@@ -115,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
   except VidjaxError as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_ERROR
+  for item in report.warnings:
+    print(f"warning: {item['source']}: {item['warning']}", file=sys.stderr)
   for item in report.skipped:
     print(f"skipped {item['source']}: {item['reason']}", file=sys.stderr)
   if report.num_examples == 0:

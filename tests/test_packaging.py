@@ -16,7 +16,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_only_vidjax_is_installed_with_the_configs_inside_it():
   setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
   subpackages = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "vidjax").rglob("__init__.py")}
-  assert set(setuptools["packages"]) == subpackages | {"vidjax.configs"}, "list every vidjax package in pyproject"
+  subpackages |= {".".join(("vidjax", *p.parent.relative_to(ROOT).parts))
+                  for p in (ROOT / "configs").rglob("__init__.py")}
+  assert set(setuptools["packages"]) == subpackages, "list every vidjax package (and configs/ subfolder) in pyproject"
   assert {p.split(".")[0] for p in setuptools["packages"]} == {"vidjax"}  # no top-level configs, launch, ...
   assert setuptools["package-dir"] == {"vidjax.configs": "configs"}
 

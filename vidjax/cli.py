@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "edit a video: keep its depth structure, change its content by a prompt or image"),
     "eval-toy-edit": ("vidjax.pipelines.toy_edit_cli",
                       "score a checkpoint's recolouring edits of held-out toy clips (IoU, colour, consistency)"),
+    "evaluate": ("vidjax.pipelines.evaluate",
+                 "score a checkpoint on an evaluation protocol (configs/eval/*.py), resumable per item"),
     "convert": ("vidjax.cli:convert", "convert diffusers / HF / Make-Your-Video checkpoints to vidjax"),
     "build-shards": ("vidjax.cli:build_shards",
                      "build ArrayRecord video shards (toy world, a video folder with captions, or TFDS)"),

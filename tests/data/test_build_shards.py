@@ -149,6 +149,40 @@ def test_bad_videos_are_skipped_with_reasons(tmp_path, capsys):
   assert shard_mtimes(out) == before
 
 
+def test_small_sources_are_upscaled_with_a_warning_or_skipped_below_min_source_side(tmp_path, capsys):
+  root = tmp_path / "videos"
+  root.mkdir()
+  write_video(root / "tiny.mp4", toy_frames(1, 10, size=8))  # 8x8: under the default --min_source_side 16
+  write_video(root / "strip.mp4", np.tile(toy_frames(2, 10, size=16), (1, 1, 32, 1)))  # 512x16: a 16x16 crop
+  write_video(root / "large.mp4", toy_frames(3, 10, size=80))  # scaled down: nothing to say
+  (root / "captions.csv").write_text("path,caption\ntiny.mp4,a\nstrip.mp4,b\nlarge.mp4,c\n")
+  for key in ("tiny", "strip", "large"):
+    write_depth(root / "depth", key, (4, 64, 64))
+
+  def build(out, *extra):
+    return build_shards.main(["--source", "folder", "--captions", str(root / "captions.csv"), "--output_dir",
+                              str(out), "--num_frames", "4", "--stride", "2", "--height", "64", "--width", "64",
+                              "--depth", "folder", "--depth_dir", str(root / "depth"), *extra])
+
+  out = tmp_path / "shards"
+  assert build(out) == EXIT_PARTIAL
+  skipped = [json.loads(line) for line in (out / records.SKIPPED_NAME).read_text().splitlines()]
+  assert [s["key"] for s in skipped] == ["tiny"]
+  assert "8x8" in skipped[0]["reason"] and "--min_source_side 16" in skipped[0]["reason"]
+  warned = [json.loads(line) for line in (out / build_shards.WARNINGS_NAME).read_text().splitlines()]
+  assert [w["key"] for w in warned] == ["strip"] and warned[0]["source"].endswith("strip.mp4")
+  assert "upscaled x4" in warned[0]["warning"] and "16x16 centre crop of 512x16" in warned[0]["warning"]
+  err = capsys.readouterr().err
+  assert f"warning: {warned[0]['source']}: upscaled x4" in err and f"skipped {skipped[0]['source']}: " in err
+  assert sorted(records.ExampleSource(out)[i]["key"] for i in range(2)) == ["large", "strip"]
+  assert build(out) == EXIT_PARTIAL and "upscaled x4" in capsys.readouterr().err  # a resumed build still says it
+
+  # --min_source_side 0 takes every size: the 8x8 video too, upscaled x8 with its warning.
+  assert build(tmp_path / "all", "--min_source_side", "0") == EXIT_OK
+  warned = (tmp_path / "all" / build_shards.WARNINGS_NAME).read_text()
+  assert "upscaled x8" in warned and len(warned.splitlines()) == 2
+
+
 def test_nothing_written_and_wrong_arguments_exit_2(tmp_path, capsys):
   root = tmp_path / "videos"
   make_video_folder(root)

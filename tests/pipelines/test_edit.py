@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -82,6 +83,43 @@ def test_depth_only_input_at_an_odd_size_is_fitted_with_a_warning(pipe):
   with pytest.warns(UserWarning, match="depth changed from 53x41 to 32x24"):
     result = pipe(depth=depth, prompt=PROMPT, num_inference_steps=STEPS)
   assert result.frames.shape[1:3] == result.depth.shape[1:] == (24, 32)
+
+
+def test_a_strip_that_max_side_shrinks_below_the_size_multiple_names_max_side_and_the_fix(pipe):
+  strip = np.zeros((tiny_model_dir.FRAMES, 16, 512, 3), np.uint8)  # 16 px high: enough for the multiple 4
+  traces = pipe.sampler_traces
+  with pytest.raises(VidjaxError) as error:
+    pipe(strip, prompt=PROMPT, num_inference_steps=STEPS)  # max_side defaults to the trained 32: 32x1
+  message = str(error.value)
+  assert "512x16 is scaled to 32x1 by max_side 32" in message and "at least 4x4" not in message
+  assert "--max-side 128" in message and "--height/--width" in message
+  assert pipe.sampler_traces == traces
+  # The max_side it names fits: the strip becomes 128x4.
+  assert video_io.fit_to_multiple(strip, 4, 128)[0].shape == (tiny_model_dir.FRAMES, 4, 128, 3)
+
+
+def test_prompt_words_the_tokenizer_lacks_are_named_and_refused_under_strict_prompt(pipe, clip):
+  prompt = "a red coffee cup on a wooden kitchen table"  # the toy vocabulary lacks 5 of its 9 words
+  negative = " ".join(["red cube"] * 12) + " at night"  # 26 words: past the 24-token context (22 + bos, eos)
+  with pytest.warns(UserWarning) as caught:
+    result = pipe(clip.rgb, depth=clip.disparity, prompt=prompt, negative_prompt=negative, num_inference_steps=STEPS)
+  notes = result.settings["warnings"]
+  assert [str(w.message) for w in caught] == notes and len(notes) == 2
+  assert "'coffee', 'cup', 'wooden', 'kitchen', 'table'" in notes[0]
+  assert any(n.startswith(f"prompt {prompt!r}") and "<unk>" in n for n in notes), notes
+  assert any(n.startswith("negative_prompt") and "dropped: 'red cube at night'" in n for n in notes), notes
+  assert result.settings["strict_prompt"] is False
+
+  traces = pipe.sampler_traces
+  with pytest.raises(VidjaxError, match="the tokenizer does not know 'coffee', 'cup'") as error:
+    pipe(clip.rgb, depth=clip.disparity, prompt=prompt, num_inference_steps=STEPS, strict_prompt=True)
+  assert "Fix: use words the tokenizer knows" in str(error.value) and "cube" in str(error.value)
+  with pytest.raises(VidjaxError, match="longer than the 24-token context"):
+    pipe(clip.rgb, depth=clip.disparity, prompt=PROMPT, negative_prompt=negative, strict_prompt=True)
+  assert pipe.sampler_traces == traces
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # known words within the context: nothing to say
+    pipe(clip.rgb, depth=clip.disparity, prompt=PROMPT, num_inference_steps=STEPS, strict_prompt=True)
 
 
 def test_grayscale_video_without_a_depth_estimator_warns(pipe, tmp_path):

@@ -69,6 +69,25 @@ def test_a_toy_clip_edit_writes_the_video_its_grid_and_a_sidecar(checkpoints, tm
   assert json.loads((gif.parent / "x.json").read_text())["settings"]["warnings"]
 
 
+def test_unknown_prompt_words_warn_on_stderr_and_in_the_sidecar_and_strict_prompt_refuses(checkpoints, tmp_path,
+                                                                                           capsys):
+  out = tmp_path / "out.mp4"
+  assert edit("--checkpoint", checkpoints["text"], "--prompt", "a red coffee cup", "--out", out) == 0
+  err = capsys.readouterr().err
+  assert "warning: prompt 'a red coffee cup': the tokenizer does not know 'coffee', 'cup'" in err, err
+  settings = json.loads((tmp_path / "out.json").read_text())["settings"]
+  assert any("'coffee', 'cup'" in w for w in settings["warnings"]) and settings["strict_prompt"] is False
+
+  strict = tmp_path / "strict"
+  strict.mkdir()
+  assert edit("--checkpoint", checkpoints["text"], "--prompt", "a red coffee cup", "--strict-prompt",
+              "--out", strict / "out.mp4") == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and err.startswith("vidjax edit: error: prompt 'a red coffee cup'"), err
+  assert "'coffee', 'cup'" in err and "use words the tokenizer knows" in err and "--strict-prompt" in err
+  assert os.listdir(strict) == []
+
+
 def test_the_checkpoints_sampling_defaults_fill_unset_flags_and_the_sidecar_records_them(tmp_path):
   folder = tiny_model_dir.write(tmp_path / "tuned", sampling_defaults={"guidance_scale": 2.5, "eta": 0.5})
   out = tmp_path / "out.mp4"
@@ -137,6 +156,9 @@ def _refused_args(case: str, inputs, checkpoints) -> tuple[list, str, bool]:
     return text + ["--image", inputs / "content.png"], "image", False
   if case == "prompt_for_image_model":
     return ["--checkpoint", checkpoints["image"], "--prompt", PROMPT], "prompt", False
+  if case == "thin_strip":  # 512x16: 16 px high, but --max-side's default (the trained 32) makes it 32x1
+    video_io.write_video(inputs / "strip.mp4", np.zeros((FRAMES, 16, 512, 3), np.uint8))
+    return text + ["--video", inputs / "strip.mp4"], "by max_side 32", False
   if case == "out_suffix":
     return text, "out.avi", True
   raise ValueError(case)
@@ -144,7 +166,7 @@ def _refused_args(case: str, inputs, checkpoints) -> tuple[list, str, bool]:
 
 @pytest.mark.parametrize("case", ["missing_video", "not_a_video", "empty_video", "mask_size", "fidelity",
                                   "temporal_guidance", "window", "image_for_text_model", "prompt_for_image_model",
-                                  "out_suffix"])
+                                  "thin_strip", "out_suffix"])
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(checkpoints, tmp_path, capsys, monkeypatch, case):
   inputs, folder = tmp_path / "inputs", tmp_path / "out"
   inputs.mkdir()

@@ -8,8 +8,9 @@ build through `build_shards`. Sources and depth methods: `vidjax.data.sources`,
 `vidjax.data.depth_estimators`; the record format: `vidjax.data.records`.
 
 Output folder: `shard-SSSSS-of-NNNNN.array_record` files, `manifest.json` (written last, so a folder
-with a manifest is complete), `skipped.jsonl` (one {"key", "source", "reason"} per skipped item) and
-`done/<shard>.json` markers. Each shard is one task of `num_workers` processes. A shard is written
+with a manifest is complete), `skipped.jsonl` (one {"key", "source", "reason"} per skipped item),
+`warnings.jsonl` (one {"key", "source", "warning"} per change worth knowing, e.g. an upscaled video)
+and `done/<shard>.json` markers. Each shard is one task of `num_workers` processes. A shard is written
 under a temporary name and renamed, then its marker is written; a re-run reuses every shard whose
 marker matches this build and rebuilds the rest, so a killed run resumes where it stopped and never
 leaves a half-written shard under a final name. Shards whose items were all skipped are not listed.
@@ -35,6 +36,7 @@ from vidjax.data.sources import ClipSpec, FolderSource, Item, TfdsSource, ToySou
 from vidjax.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, InputError, atomic_path
 
 DONE_DIR = "done"
+WARNINGS_NAME = "warnings.jsonl"
 # Per-item failures that skip the item instead of stopping the build: bad inputs, and decoder
 # errors that surface while decoding a stream.
 _ITEM_ERRORS = (InputError, av.FFmpegError)
@@ -67,6 +69,7 @@ class ShardResult:
   skipped: list[dict[str, str]]
   fields: dict[str, Any]  # records.FieldSpec.to_json() per field
   reused: bool = False
+  warnings: list[dict[str, str]] = dataclasses.field(default_factory=list)  # {"key", "source", "warning"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +84,10 @@ class BuildReport:
   @property
   def skipped(self) -> list[dict[str, str]]:
     return [item for s in self.shards for item in s.skipped]
+
+  @property
+  def warnings(self) -> list[dict[str, str]]:
+    return [item for s in self.shards for item in s.warnings]
 
   @property
   def exit_status(self) -> int:
@@ -120,7 +127,8 @@ def _reusable(spec: BuildSpec, name: str, fingerprint: str) -> ShardResult | Non
                      "use a new --output_dir, or delete this one to rebuild")
   if done["num_examples"] and not os.path.isfile(os.path.join(spec.output_dir, name)):
     return None
-  return ShardResult(name, done["num_examples"], done["skipped"], done["fields"], reused=True)
+  return ShardResult(name, done["num_examples"], done["skipped"], done["fields"], reused=True,
+                     warnings=done.get("warnings", []))
 
 
 @functools.lru_cache(maxsize=4)
@@ -140,7 +148,8 @@ def _schema(spec: BuildSpec) -> dict[str, records.FieldSpec]:
                              with_masks=getattr(spec.source, "with_masks", False))
 
 
-def _example(spec: BuildSpec, item: Item, fields) -> dict[str, Any]:
+def _example(spec: BuildSpec, item: Item, fields) -> tuple[dict[str, Any], tuple[str, ...]]:
+  """-> (the record's fields, the clip's warnings)."""
   clip = spec.source.load(item, spec.clip)
   estimator = _estimator(spec.depth_method, spec.depth_dir, spec.depth_weights, spec.load_depth_model)
   example = {"frames": clip.frames, "depth": estimator(clip), "caption": clip.caption,
@@ -149,28 +158,32 @@ def _example(spec: BuildSpec, item: Item, fields) -> dict[str, Any]:
     example["latents"] = spec.encode_fn(clip.frames)
   if "masks" in fields:
     example["masks"] = clip.masks
-  return example
+  return example, clip.warnings
 
 
 def build_shard(spec: BuildSpec, index: int, count: int, items: list[Item]) -> ShardResult:
   """Writes one shard (skipping bad items) and then its done marker; returns what it holds."""
   name = records.shard_name(index, count)
   fields = _schema(spec)
-  skipped = []
+  skipped, warned = [], []
 
   def encoded():
     for item in items:
       try:
-        yield records.encode_example(_example(spec, item, fields), fields)
+        example, warnings = _example(spec, item, fields)
+        record = records.encode_example(example, fields)
       except _ITEM_ERRORS as e:
         skipped.append({"key": item.key, "source": str(item.ref), "reason": str(e)})
+        continue
+      warned.extend({"key": item.key, "source": str(item.ref), "warning": w} for w in warnings)
+      yield record
 
   path = os.path.join(spec.output_dir, name)
   num_examples = records.write_shard(path, encoded())
   if num_examples == 0:
     os.remove(path)
-  result = ShardResult(name, num_examples, skipped,
-                       {k: v.to_json() for k, v in fields.items()})
+  result = ShardResult(name, num_examples, skipped, {k: v.to_json() for k, v in fields.items()},
+                       warnings=warned)
   done = dataclasses.asdict(result) | {"fingerprint": _fingerprint(spec, name, items)}
   done.pop("reused")
   with atomic_path(_done_path(spec, name)) as tmp, open(tmp, "w") as f:
@@ -217,6 +230,7 @@ def build_shards(spec: BuildSpec, num_workers: int = 1,
     log(f"{result.name}: {result.num_examples} examples, {len(result.skipped)} skipped")
   report = BuildReport([results[n] for n in names], None)
   _write_skipped(spec, report.skipped)
+  _write_jsonl(os.path.join(spec.output_dir, WARNINGS_NAME), report.warnings)
   if report.num_examples == 0:
     return report
   return dataclasses.replace(report, manifest_path=_write_manifest(spec, report.shards))
@@ -238,9 +252,12 @@ def _run(spec: BuildSpec, pending: list[tuple[int, list[Item]]], count: int, num
 
 
 def _write_skipped(spec: BuildSpec, skipped: list[dict[str, str]]) -> None:
-  with atomic_path(os.path.join(spec.output_dir, records.SKIPPED_NAME)) as tmp, \
-      open(tmp, "w") as f:
-    f.writelines(json.dumps(item) + "\n" for item in skipped)
+  _write_jsonl(os.path.join(spec.output_dir, records.SKIPPED_NAME), skipped)
+
+
+def _write_jsonl(path: str, rows: list[dict[str, str]]) -> None:
+  with atomic_path(path) as tmp, open(tmp, "w") as f:
+    f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 def _write_manifest(spec: BuildSpec, shards: list[ShardResult]) -> str:

@@ -5,6 +5,10 @@ anything) and then loads one item at a time into a `SourceClip`, in whichever pr
 item's shard. Every clip is the first T frames at a stride of its video (frames 0, s, ..., (T-1)s),
 resized and centre-cropped to H x W. A video with fewer than (T-1)*s + 1 frames is too short: it
 is reported and skipped, not padded, because padding would teach the model frozen motion.
+
+Frames smaller than the clip are upscaled, and each such clip carries a warning saying by how much; a
+source whose centre crop (the pixels the clip is made from) has a side under `min_source_side` is skipped
+instead, as `vidjax edit` refuses frames under its size multiple (16 for the toy checkpoint).
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ from vidjax.errors import InputError
 
 @dataclasses.dataclass(frozen=True)
 class ClipSpec:
-  """Clip geometry: T frames taken `stride` frames apart, resized and cropped to H x W."""
+  """Clip geometry: T frames taken `stride` frames apart, resized and cropped to H x W.
+
+  min_source_side: the smallest side, in source pixels, of the centre crop a clip is scaled from; 0 takes any.
+  """
 
   num_frames: int
   stride: int
   height: int
   width: int
+  min_source_side: int = 16
 
   @property
   def span(self) -> int:
@@ -56,6 +64,7 @@ class SourceClip:
     frames: uint8 (T, H, W, 3).
     depth: float32 (T, H, W) in [0, 1], ground-truth inverse depth when the source has it.
     masks: uint8 (T, H, W) object labels (0 = background) when the source has them.
+    warnings: what loading changed that the build report should say (e.g. an upscale).
   """
 
   key: str
@@ -63,6 +72,7 @@ class SourceClip:
   frames: np.ndarray
   depth: np.ndarray | None = None
   masks: np.ndarray | None = None
+  warnings: tuple[str, ...] = ()
 
 
 def select_frames(video: np.ndarray, clip: ClipSpec, name: str) -> np.ndarray:
@@ -74,11 +84,24 @@ def select_frames(video: np.ndarray, clip: ClipSpec, name: str) -> np.ndarray:
   return video[:clip.span:clip.stride]
 
 
-def _fit(frames: np.ndarray, clip: ClipSpec) -> np.ndarray:
+def _fit(frames: np.ndarray, clip: ClipSpec, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
+  """Frames (T, h, w, C) -> (uint8 (T, H, W, 3), warnings): scaled to cover H x W and centre-cropped.
+
+  InputError naming `name` when the crop has a side under clip.min_source_side; a warning when it is upscaled.
+  """
   from vidjax.data import video_io  # pylint: disable=g-import-not-at-top
   if frames.shape[-1] == 1:
     frames = np.repeat(frames, 3, axis=-1)
-  return video_io.resize_center_crop(np.asarray(frames, np.uint8), clip.height, clip.width)
+  source_h, source_w = frames.shape[1:3]
+  scale = max(clip.height / source_h, clip.width / source_w)  # as resize_center_crop scales
+  crop_h, crop_w = round(clip.height / scale), round(clip.width / scale)
+  crop = f"{crop_w}x{crop_h} centre crop of {source_w}x{source_h}"
+  if min(crop_h, crop_w) < clip.min_source_side:
+    raise InputError(name, f"too small: the {clip.width}x{clip.height} clip would be upscaled x{scale:.3g} from the "
+                     f"{crop}, a side under --min_source_side {clip.min_source_side}",
+                     "drop the video, or lower --min_source_side (0 takes any size)")
+  warnings = (f"upscaled x{scale:.3g}: the {crop} to the {clip.width}x{clip.height} clip",) if scale > 1 else ()
+  return video_io.resize_center_crop(np.asarray(frames, np.uint8), clip.height, clip.width), warnings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +167,8 @@ class FolderSource:
     from vidjax.data import video_io  # pylint: disable=g-import-not-at-top
     # Decoding passes every frame up to the last one used anyway, so read the span and pick.
     video = video_io.read_video(item.ref, max_frames=clip.span)
-    return SourceClip(item.key, item.caption, _fit(select_frames(video, clip, item.ref), clip))
+    frames, warnings = _fit(select_frames(video, clip, item.ref), clip, item.ref)
+    return SourceClip(item.key, item.caption, frames, warnings=warnings)
 
 
 def _read_caption_rows(path: str) -> list[dict[str, Any]]:
@@ -195,8 +219,8 @@ class TfdsSource:
   def load(self, item: Item, clip: ClipSpec) -> SourceClip:
     source, names = _open_tfds(self.name, self.split, self.data_dir, self.label_key)
     example = source[item.ref]
-    frames = select_frames(np.asarray(example[self.video_key]), clip, item.key)
-    return SourceClip(item.key, humanise(names[int(example[self.label_key])]), _fit(frames, clip))
+    frames, warnings = _fit(select_frames(np.asarray(example[self.video_key]), clip, item.key), clip, item.key)
+    return SourceClip(item.key, humanise(names[int(example[self.label_key])]), frames, warnings=warnings)
 
 
 @functools.lru_cache(maxsize=4)

@@ -17,6 +17,7 @@ import dataclasses
 import fractions
 import heapq
 import itertools
+import math
 import os
 from typing import Iterable, Iterator, Sequence
 
@@ -280,6 +281,35 @@ def resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarra
   return out
 
 
+def _scaled_down(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+  """The (H, W) `fit_to_multiple` scales to: long side at most max_side, aspect kept, never up."""
+  if not max_side or max(height, width) <= max_side:
+    return height, width
+  scale = max_side / max(height, width)
+  return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def check_fits_multiple(height: int, width: int, multiple: int, max_side: int | None = None, *,
+                        name: str = "frames") -> None:
+  """InputError unless frames of height x width, scaled down to `max_side`, hold a crop of `multiple`-sized sides.
+
+  The message tells the two causes apart: frames too small in themselves, or a thin strip (e.g. 512x16) that
+  `max_side` shrinks below the multiple; for the latter it names a max_side that fits.
+  """
+  if min(height, width) < multiple:
+    raise InputError(name, f"{width}x{height} is too small for the model's size multiple {multiple}",
+                     f"use frames of at least {multiple}x{multiple}")
+  scaled_h, scaled_w = _scaled_down(height, width, max_side)
+  if min(scaled_h, scaled_w) < multiple:
+    long, short = max(height, width), min(height, width)
+    needed = min(long, math.ceil(multiple * long / short))  # scale = needed / long keeps the short side >= multiple
+    full = f"; {long} keeps the full size" if needed < long else ""
+    raise InputError(name, f"{width}x{height} is scaled to {scaled_w}x{scaled_h} by max_side {max_side} (the long "
+                     f"side's limit), leaving a side under the model's size multiple {multiple}",
+                     f"raise max_side to at least {needed} (vidjax edit: --max-side {needed}{full}), or give an exact "
+                     f"size (--height/--width, multiples of {multiple}) to scale to cover it and centre-crop")
+
+
 def fit_to_multiple(frames: np.ndarray, multiple: int = 64,
                     max_side: int | None = None) -> tuple[np.ndarray, str | None]:
   """The largest centre crop whose sides are multiples of `multiple` (the model's size factor).
@@ -291,14 +321,11 @@ def fit_to_multiple(frames: np.ndarray, multiple: int = 64,
   """
   frames = _check_frames(frames)
   _, height, width, _ = frames.shape
+  check_fits_multiple(height, width, multiple, max_side)
   if max_side and max(height, width) > max_side:
-    scale = max_side / max(height, width)
-    frames = resize_center_crop(frames, max(1, round(height * scale)), max(1, round(width * scale)))
+    frames = resize_center_crop(frames, *_scaled_down(height, width, max_side))
   scaled_h, scaled_w = frames.shape[1:3]
   target_h, target_w = scaled_h // multiple * multiple, scaled_w // multiple * multiple
-  if target_h < multiple or target_w < multiple:
-    raise InputError("frames", f"{width}x{height} is too small for the model's size multiple "
-                     f"{multiple}", f"use frames of at least {multiple}x{multiple}")
   if (target_h, target_w) == (height, width):
     return frames, None
   top, left = (scaled_h - target_h) // 2, (scaled_w - target_w) // 2

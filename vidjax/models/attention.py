@@ -171,8 +171,10 @@ class Attention(nn.Module):
       # Distances depend only on (query offset, key slot), so a band's (block, 2 block, H) tables serve every block.
       index = relative_position_index(q.shape[1], k.shape[1], self.relative_position, key_start)
       scale = 1.0 / jnp.sqrt(jnp.float32(self.head_dim))
-      bias = jnp.einsum("bqnh,qkh->bnqk", q, table_k[index].astype(q.dtype)) * scale.astype(q.dtype)
-      relative_values = table_v[index]
+      # jnp.take, not table[index]: params loaded as numpy arrays and closed over in a jit would index by a tracer
+      # through numpy's __getitem__ (TracerArrayConversionError).
+      bias = jnp.einsum("bqnh,qkh->bnqk", q, jnp.take(table_k, index, axis=0).astype(q.dtype)) * scale.astype(q.dtype)
+      relative_values = jnp.take(table_v, index, axis=0)
     out = dot_product_attention(q, k, v, bias=bias, mask=mask, relative_values=relative_values,
                                 backend=self.backend)
     if band is not None:

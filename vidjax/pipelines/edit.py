@@ -79,6 +79,7 @@ class EditSettings:
   prompt: str | None = None
   image: Any = None
   negative_prompt: str = ""
+  strict_prompt: bool = False
   structure_fidelity: int = 0
   guidance_scale: float | None = None
   temporal_guidance_scale: float | None = None
@@ -157,8 +158,9 @@ class VideoEditPipeline:
   # -- the edit ----------------------------------------------------------------------------------
 
   def __call__(self, video: Any = None, *, depth: Any = None, prompt: str | None = None, image: Any = None,
-               negative_prompt: str = "", structure_fidelity: int = 0, guidance_scale: float | None = None,
-               temporal_guidance_scale: float | None = None, num_inference_steps: int | None = None,
+               negative_prompt: str = "", strict_prompt: bool = False, structure_fidelity: int = 0,
+               guidance_scale: float | None = None, temporal_guidance_scale: float | None = None,
+               num_inference_steps: int | None = None,
                eta: float | None = None, seed: int = 0,
                strength: float = 1.0, mask: Any = None, num_frames: int | None = None, stride: int = 1,
                start_sec: float = 0.0, height: int | None = None, width: int | None = None,
@@ -171,7 +173,9 @@ class VideoEditPipeline:
       depth: path (.npy or a grayscale video, white = near) or array (T, H, W) of inverse depth:
         the structure to follow (with `video`, it replaces the estimate).
       prompt / image: the content: a prompt for text models, a content image (path or uint8 array)
-        for image-embedding models; negative_prompt replaces the empty prompt in guidance.
+        for image-embedding models; negative_prompt replaces the empty prompt in guidance. Words the tokenizer
+        does not know (read as its unk token) and text past its context are named in a warning.
+      strict_prompt: refuse such prompts instead (InputError naming the words).
       structure_fidelity: t_s, an int within the range the checkpoint was trained on.
       guidance_scale: omega (>= 0); temporal_guidance_scale: omega_t (>= 0; 1 = plain CFG).
       num_inference_steps, eta, seed: DDIM settings and the noise seed.
@@ -202,7 +206,7 @@ class VideoEditPipeline:
     s = settings
     show = self.progress if progress is None else progress
     bar = _progress_bar(show)
-    timings, notes = {}, []
+    timings, notes = {}, self._prompt_notes(s.prompt, s.negative_prompt, s.strict_prompt)
     clock = time.perf_counter()
 
     def done(stage: str, value: Any = None) -> Any:
@@ -283,6 +287,11 @@ class VideoEditPipeline:
                          "pass prompt= instead (this checkpoint has no CLIP image tower)")
       if s["prompt"] is None or not isinstance(s["prompt"], str):
         raise InputError("prompt", "missing (this model is conditioned on text)", "pass prompt='...'")
+      if not isinstance(s["strict_prompt"], (bool, np.bool_)):
+        raise InputError("strict_prompt", f"{s['strict_prompt']!r} is not True or False", "pass strict_prompt=True")
+      if not isinstance(s["negative_prompt"], str):
+        raise InputError("negative_prompt", f"{s['negative_prompt']!r} is not a string", "pass negative_prompt='...'")
+      self._prompt_notes(s["prompt"], s["negative_prompt"], s["strict_prompt"])  # raises under strict_prompt
     else:
       if s["prompt"] is not None or s["negative_prompt"]:
         raise InputError("prompt", "a prompt was given, but this model is conditioned on CLIP image embeddings",
@@ -340,6 +349,34 @@ class VideoEditPipeline:
     object.__setattr__(checked, "checked", True)  # frozen: only this method marks a copy as checked
     return checked
 
+  def _prompt_notes(self, prompt: str, negative_prompt: str, strict_prompt: bool) -> list[str]:
+    """Warnings naming what tokenizing the prompts changes or drops; InputError instead under strict_prompt."""
+    if self.model.config.content != "text":
+      return []
+    tokenizer = self.model_dir.tokenizer
+    notes = []
+    for name, losses in zip(("prompt", "negative_prompt"), tokenizer.losses([prompt, negative_prompt])):
+      text = prompt if name == "prompt" else negative_prompt
+      if losses.unknown:
+        words = ", ".join(repr(w) for w in losses.unknown)
+        if strict_prompt:
+          known = [w for w in tokenizer.known_words() if w.isalpha()]
+          # A small word-level vocabulary (the toy one: 32 words) is listed whole; a larger one by its folder.
+          vocabulary = ", ".join(known) if len(known) <= 40 else (
+              f"e.g. {', '.join(known[:20])}; the whole vocabulary is in {tokenizer.folder}")
+          raise InputError(f"{name} {text!r}", f"the tokenizer does not know {words}",
+                           f"use words the tokenizer knows ({vocabulary}), or drop strict_prompt (--strict-prompt) "
+                           "to run with them as <unk>")
+        notes.append(f"{name} {text!r}: the tokenizer does not know {words}; the model read them as its unknown-word "
+                     "token <unk> (pass strict_prompt / --strict-prompt to refuse such prompts)")
+      if losses.truncated:
+        context = f"the {tokenizer.context_length}-token context"
+        if strict_prompt:
+          raise InputError(f"{name} {text!r}", f"is longer than {context}: {losses.truncated!r} would be dropped",
+                           "shorten it, or drop strict_prompt (--strict-prompt) to run without its end")
+        notes.append(f"{name} {text!r} is longer than {context}; dropped: {losses.truncated!r}")
+    return notes
+
   def _read_inputs(self, s: EditSettings, notes: list[str]):
     """-> frames uint8 (T, H, W, 3) | None, depth float32 (T, H, W) | None, keep bool (T|1, H, W) | None, image."""
     frames = depth = keep = None
@@ -365,11 +402,10 @@ class VideoEditPipeline:
       if tuple(source_hw) != target:
         notes.append(f"input resized and centre-cropped from {source_hw[1]}x{source_hw[0]} to {target[1]}x{target[0]}")
     else:
+      # Names the real cause: frames too small, or a thin strip that max_side shrinks below the multiple.
+      video_io.check_fits_multiple(*source_hw, m, s.max_side, name="input")
       scaled = edit_inputs.scaled_size(source_hw, source_hw, s.max_side)
       target = (scaled[0] // m * m, scaled[1] // m * m)
-      if min(target) < m:
-        raise InputError(f"input of {source_hw[1]}x{source_hw[0]}", f"is too small for this model's size multiple {m}",
-                         f"use frames of at least {m}x{m}")
       if frames is not None:
         frames, message = video_io.fit_to_multiple(frames, m, s.max_side)
         if message:

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: estimated from --video)")
   inputs.add_argument("--prompt", metavar="TEXT", help="the new content, for text-conditioned models")
   inputs.add_argument("--negative-prompt", metavar="TEXT", help="replaces the empty prompt in classifier-free guidance")
+  inputs.add_argument("--strict-prompt", action="store_true", default=None,
+                      help="refuse a prompt with words the tokenizer does not know, or longer than its context "
+                      "(default: run, and warn naming them)")
   inputs.add_argument("--image", metavar="PATH", help="the new content as an image, for image-embedding models")
   inputs.add_argument("--mask", metavar="PATH", help="image or video at the input's size, white where the source "
                       "is kept (Gen-1 masked editing)")

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vidjax.conditioning.tokens import tokenize
+from vidjax.conditioning.tokens import Tokenizer
 from vidjax.convert import pretrained
 from vidjax.convert.pretrained import CONTENTS, STRUCTURES
 from vidjax.errors import ConfigError, InputError
@@ -41,7 +41,8 @@ _MODEL_PARTS = ("unet", "vae", "text_encoder", "image_encoder")
 class ModelDir:
   """Everything an inference pipeline needs from a checkpoint directory.
 
-  tokenizer: prompts (list[str]) -> int32 (B, L) ids, or None for image-conditioned models.
+  tokenizer: prompts (list[str]) -> int32 (B, L) ids (a `vidjax.conditioning.tokens.Tokenizer`: its `losses(prompts)` say
+    what tokenizing changes or drops), or None for image-conditioned models.
   depth_estimator: (config, params) of a bundled DPT, or None.
   """
 
@@ -73,7 +74,7 @@ class ModelDir:
 
 
 def _tokenizer(path: str, context_length: int) -> Callable[[list[str]], np.ndarray]:
-  return lambda prompts: tokenize(list(prompts), path, context_length)
+  return Tokenizer(path, context_length)  # transformers' AutoTokenizer: CLIP BPE folders and the toy vocabulary
 
 
 def load_model_dir(path: str | os.PathLike) -> ModelDir:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
   if any(a in ("-h", "--help") for a in argv):
     print(__doc__)
     return 0
-  argv = [_resolve_config_flag(a, argv[i - 1] if i else "") for i, a in enumerate(argv)]
+  argv = resolve_config_flags(argv)
   try:
     _FLAGS(["vidjax train"] + argv)
   except flags.Error as e:
@@ -81,6 +81,11 @@ def bind_configs_package(folder: str) -> None:
   module = importlib.util.module_from_spec(spec)
   sys.modules["configs"] = module
   spec.loader.exec_module(module)
+
+
+def resolve_config_flags(argv: list[str]) -> list[str]:
+  """argv with the path of its --config flag resolved by `resolve_config` (also for `vidjax evaluate`)."""
+  return [_resolve_config_flag(a, argv[i - 1] if i else "") for i, a in enumerate(argv)]
 
 
 def _resolve_config_flag(arg: str, previous: str) -> str:
