@@ -49,20 +49,22 @@ def check_sampling_defaults(values: Any, where: str) -> dict[str, float | int]:
   return checked
 
 
-def parse_setting(text: str, where: str, names: Mapping[str, type] = NUMERIC_SETTINGS) -> tuple[str, list[int | float]]:
+def parse_setting(text: str, where: str, names: Mapping[str, type] | None = NUMERIC_SETTINGS
+                  ) -> tuple[str, list[int | float]]:
   """The one NAME=VALUE[,VALUE...] parser: 'temporal-guidance=0.5,1' -> ('temporal_guidance_scale', [0.5, 1.0]).
 
-  Names may use dashes and the old aliases; values parse as the setting's type in `names`. Raises
-  InputError naming `where` (the flag) and the part that is wrong.
+  Names may use dashes and the old aliases; values parse as the setting's type in `names` (None: any
+  name, numbers; the caller checks the name). Raises InputError naming `where` (the flag) and the part
+  that is wrong.
   """
   name, sep, values = text.partition("=")
   name = canonical_name(name)
   if not sep or not name:
     raise InputError(f"{where} {text}", "is not a setting and its values (NAME=V1,V2,...)",
                      "e.g. temporal_guidance_scale=0.5,1,1.5")
-  if name not in names:
+  if names is not None and name not in names:
     raise InputError(f"{where} {name}", "is not a setting that can be given here", f"use one of {', '.join(names)}")
-  kind, parsed = names[name], []
+  kind, parsed = float if names is None else names[name], []
   for value in values.split(","):
     try:
       parsed.append(kind(value.strip()))

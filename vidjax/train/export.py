@@ -75,10 +75,11 @@ def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, use_em
 
 
 def _sampling_defaults(texts: list[str]) -> dict[str, float]:
-  """--sampling-default NAME=VALUE flags -> {name: value}, through the one NAME=VALUE parser."""
+  """--sampling-default NAME=VALUE flags -> {name: value}, through the one NAME=VALUE parser (`export_run`
+  then refuses names that are not sampling defaults)."""
   values = {}
   for text in texts:
-    name, parsed = parse_setting(text, "--sampling-default", {name: float for name in SAMPLING_DEFAULTS})
+    name, parsed = parse_setting(text, "--sampling-default", None)  # names: check_sampling_defaults
     if len(parsed) != 1:
       raise InputError(f"--sampling-default {text}", "gives several values", "give one value per setting")
     values[name] = parsed[0]
