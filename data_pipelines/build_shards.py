@@ -8,9 +8,9 @@
 
 (`vidjax build-shards` runs the same `main`: flags -> `vidjax.data.shards.build_shards`, the builder
 the toy main job uses too.) Clips are T frames (--num_frames, default 8) taken --stride frames apart
-(default 4: Gen-1 uses 8 at stride 4, Make-Your-Video 16 at stride 4), resized and centre-cropped to --height x --width. Sources, clip policy and depth methods are
-described in `vidjax.data.sources` and `vidjax.data.depth_estimators`; the record format in
-`vidjax.data.records`.
+(default 4: Gen-1 uses 8 at stride 4, Make-Your-Video 16 at stride 4), resized and centre-cropped to
+--height x --width. Sources, clip policy and depth methods are described in `vidjax.data.sources`
+and `vidjax.data.depth_estimators`; the record format in `vidjax.data.records`.
 
 Output folder: `shard-SSSSS-of-NNNNN.array_record` files, `manifest.json` (written last, so a folder
 with a manifest is complete), `skipped.jsonl` (one {"key", "source", "reason"} per skipped item),

@@ -41,8 +41,8 @@ _MODEL_PARTS = ("unet", "vae", "text_encoder", "image_encoder")
 class ModelDir:
   """Everything an inference pipeline needs from a checkpoint directory.
 
-  tokenizer: prompts (list[str]) -> int32 (B, L) ids (a `vidjax.conditioning.tokens.Tokenizer`: its `losses(prompts)` say
-    what tokenizing changes or drops), or None for image-conditioned models.
+  tokenizer: prompts (list[str]) -> int32 (B, L) ids (a `vidjax.conditioning.tokens.Tokenizer`: its
+    `losses(prompts)` say what tokenizing changes or drops), or None for image-conditioned models.
   depth_estimator: (config, params) of a bundled DPT, or None.
   """
 
