@@ -21,8 +21,11 @@ from typing import Callable
 
 import numpy as np
 
-from configs import toy as toy_config
-from data_pipelines import build_shards
+# configs/ and data_pipelines/ are not installed: found beside this folder (as train_step.py does).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import toy as toy_config  # noqa: E402
+from data_pipelines import build_shards  # noqa: E402
 from vidjax.data import loader
 from vidjax.toyworld import render_clip, save_tokenizer
 

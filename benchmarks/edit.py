@@ -62,7 +62,7 @@ def main() -> None:
   for steps in (int(s) for s in args.steps.split(",")):
     for temporal in (1.0, 1.5):
       call = lambda seed: pipe(clip.rgb, prompt=PROMPT, seed=seed, num_inference_steps=steps,
-                               temporal_guidance=temporal, num_frames=args.frames)
+                               temporal_guidance_scale=temporal, num_frames=args.frames)
       start = time.perf_counter()
       call(0)
       first = time.perf_counter() - start

@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh.num_devices = 0  # use the first N devices; 0 = all
 
   config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
-  config.log = ml_collections.ConfigDict(dict(every_steps=50, sample_every_steps=5000, sample_steps=25,
+  config.log = ml_collections.ConfigDict(dict(every_steps=50, sample_every_steps=5000, sample_num_inference_steps=25,
                                               peak_tflops_per_device=0.0,
                                               data_trace=False))  # per-step batch fingerprints (debugging, tests)
   return config

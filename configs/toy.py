@@ -74,7 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.every_steps = 100
   config.log.every_steps = 20
   config.log.sample_every_steps = 300
-  config.log.sample_steps = 20
-  config.final_edit = ml_collections.ConfigDict(dict(enabled=True, steps=25, guidance_scale=4.0, temporal_scale=1.0,
-                                                     held_out_offset=1000))
+  config.log.sample_num_inference_steps = 20
+  config.final_edit = ml_collections.ConfigDict(dict(enabled=True, num_inference_steps=25, guidance_scale=4.0,
+                                                     temporal_guidance_scale=1.0, held_out_offset=1000))
   return config

@@ -8,10 +8,12 @@ to a temporary sibling path and renamed, so an interrupted job never leaves a ha
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Any, Iterator
 
 # Exit codes of the CLI (documented in the README).
 EXIT_OK = 0
@@ -33,6 +35,23 @@ class InputError(VidjaxError):
 
 class ConfigError(VidjaxError):
   """An inconsistent configuration or checkpoint."""
+
+
+def is_number(value: Any, *, integer: bool = False) -> bool:
+  """A finite real number (Python or numpy, not a bool); with `integer`, an integral type."""
+  kind = numbers.Integral if integer else numbers.Real
+  return isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_number(name: str, value: Any, low: float | None, high: float | None, fix: str, *,
+                 integer: bool = False, error: type[VidjaxError] = InputError) -> int | float:
+  """The project's one number check: `value` is a finite number (an integer with `integer`) in
+  [low, high] (None: unbounded); returns it, else raises `error` naming `name`."""
+  if integer and not is_number(value, integer=True):
+    raise error(name, f"{value!r} is not an integer", fix)
+  if not is_number(value) or (low is not None and value < low) or (high is not None and value > high):
+    raise error(name, f"{value!r} is outside [{low}, {'inf' if high is None else high}]", fix)
+  return value
 
 
 def usual_mode(is_dir: bool = False) -> int:

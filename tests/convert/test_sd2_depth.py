@@ -32,7 +32,7 @@ from vidjax.models import clip
 from vidjax.models.depth import DPT, model_input_size, normalize_depth_for_unet, preprocess_frames
 from vidjax.models.unet import VideoUNet
 from vidjax.models.vae import AutoencoderKL, decode_video
-from vidjax.pipelines.sampling import Sampler, SamplingConfig
+from vidjax.sampling.sampler import Sampler, SamplingConfig
 
 SD2_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                      set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading", prediction_type="epsilon")

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from data_fakes import build_toy_shards, toy_frames, write_video
 
 from data_pipelines import build_shards
-from data_pipelines.sources import ClipSpec, ToySource
+from vidjax.data.sources import ClipSpec, ToySource
 from vidjax.data import loader
 from vidjax.data import records
 from vidjax.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL

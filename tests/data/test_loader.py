@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from data_fakes import build_toy_shards
 
-from vidjax.conditioning import structure
 from vidjax.data import loader
 from vidjax.data import records
 from vidjax.errors import ConfigError, InputError
@@ -67,7 +66,7 @@ def test_batch_spec(data):
       "is_image": ((), np.bool_),
   }
   assert -1 <= batch["frames"].min() < batch["frames"].max() <= 1
-  assert batch["depth"].min() == -1 and batch["depth"].max() == 1
+  assert 0 <= batch["depth"].min() < batch["depth"].max() <= 1  # as stored: the model normalises it
   assert np.all((batch["structure_fidelity"] >= 0) & (batch["structure_fidelity"] <= 7))
   assert np.all(batch["tokens"][:, 0] == 1)  # every caption starts with bos
 
@@ -130,7 +129,7 @@ def test_zero_structure_fidelity_leaves_depth_unchanged_and_larger_blurs(data):
   batch = take(config, 1)[0]
   source = records.ExampleSource(config.data_dir)
   stored = np.stack([source[i]["depth"].astype(np.float32) for i in range(2)])
-  np.testing.assert_array_equal(batch["depth"][..., 0], structure.normalize_depth(stored))
+  np.testing.assert_array_equal(batch["depth"][..., 0], stored)
   assert np.all(batch["structure_fidelity"] == 0)
   blurred = take(make_config(data, image_fraction=0.0, shuffle=False, structure_fidelity_min=3,
                              structure_fidelity_max=3), 1)[0]

@@ -49,7 +49,7 @@ def test_temporal_guidance_is_one_call_of_3n_and_equals_eq8():
   z, t, context, null_context = inputs(1)
   calls = []
   denoise_fn = diffusion.temporal_guidance(recording(fake_model_jax, calls), context=context,
-                                           null_context=null_context, scale=7.5, temporal_scale=1.7)
+                                           null_context=null_context, scale=7.5, temporal_guidance_scale=1.7)
   guided = denoise_fn(z, t)
   image_uncond = predictions(z, t, null_context, 0.0)
   video_uncond = predictions(z, t, null_context, 1.0)
@@ -65,15 +65,15 @@ def test_temporal_scale_one_equals_video_cfg():
   z, t, context, null_context = inputs(2)
   cfg = diffusion.classifier_free_guidance(fake_model_jax, context=context, null_context=null_context, scale=7.5)
 
-  @jax.jit  # a traced temporal_scale takes the 3N path
-  def temporal(temporal_scale):
+  @jax.jit  # a traced temporal_guidance_scale takes the 3N path
+  def temporal(temporal_guidance_scale):
     return diffusion.temporal_guidance(fake_model_jax, context=context, null_context=null_context, scale=7.5,
-                                       temporal_scale=temporal_scale)(z, t)
+                                       temporal_guidance_scale=temporal_guidance_scale)(z, t)
 
   np.testing.assert_allclose(temporal(1.0), cfg(z, t), atol=1e-5)
   calls = []
   shortcut = diffusion.temporal_guidance(recording(fake_model_jax, calls), context=context,
-                                         null_context=null_context, scale=7.5, temporal_scale=1)
+                                         null_context=null_context, scale=7.5, temporal_guidance_scale=1)
   np.testing.assert_array_equal(shortcut(z, t), cfg(z, t))
   assert calls[0][0] == 2 * N
 
@@ -82,7 +82,7 @@ def test_sampler_traces_one_3n_model_call_per_step():
   z, _, context, null_context = inputs(3)
   calls = []
   denoise_fn = diffusion.temporal_guidance(recording(fake_model_jax, calls), context=context,
-                                           null_context=null_context[:1], scale=7.5, temporal_scale=0.5)
+                                           null_context=null_context[:1], scale=7.5, temporal_guidance_scale=0.5)
   jax.eval_shape(lambda z: diffusion.ddim_sample(denoise_fn, z, diffusion.make_schedule(), num_inference_steps=50,
                                                  prediction_type="v_prediction"), z)
   assert [size for size, _ in calls] == [3 * N]
@@ -90,11 +90,11 @@ def test_sampler_traces_one_3n_model_call_per_step():
 
 @pytest.mark.parametrize(
     "kwargs, argument",
-    [({"scale": -1.0}, "scale"), ({"temporal_scale": -0.5}, "temporal_scale"),
+    [({"scale": -1.0}, "scale"), ({"temporal_guidance_scale": -0.5}, "temporal_guidance_scale"),
      ({"null_context": np.zeros((N, 4, 8), np.float32)}, "null_context")],
 )
 def test_bad_arguments_name_the_argument(kwargs, argument):
   _, _, context, null_context = inputs()
-  full = {"context": context, "null_context": null_context, "scale": 7.5, "temporal_scale": 1.5, **kwargs}
+  full = {"context": context, "null_context": null_context, "scale": 7.5, "temporal_guidance_scale": 1.5, **kwargs}
   with pytest.raises(InputError, match=argument):
     diffusion.temporal_guidance(fake_model_jax, **full)

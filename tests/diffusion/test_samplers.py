@@ -152,7 +152,7 @@ def test_jitted_sampler_compiles_once_for_new_noise_context_and_strength():
   def sample(noise, init_latents, context, null_context, strength, eta, rng):
     traces.append(1)
     denoise_fn = diffusion.temporal_guidance(fake_model_jax, context=context, null_context=null_context,
-                                             scale=7.5, temporal_scale=1.2)
+                                             scale=7.5, temporal_guidance_scale=1.2)
     return diffusion.ddim_sample(denoise_fn, noise, SCHEDULE, num_inference_steps=10,
                                  prediction_type="v_prediction", eta=eta, rng=rng, init_latents=init_latents,
                                  strength=strength)

@@ -13,6 +13,7 @@ import pytest
 from vidjax import toyworld
 from vidjax.errors import InputError
 from vidjax.eval import toy_edit
+from vidjax.pipelines import toy_edit_cli
 
 
 @pytest.fixture(scope="module")
@@ -147,27 +148,27 @@ def test_main_runs_the_pipeline_and_writes_the_report(monkeypatch, tmp_path, cap
       calls.append(("from_pretrained", path, progress))
       return cls()
 
-    def __call__(self, *, depth, prompt, seed, num_inference_steps, guidance_scale, temporal_guidance):
-      calls.append((depth.shape, seed, num_inference_steps, guidance_scale, temporal_guidance))
+    def __call__(self, *, depth, prompt, seed, num_inference_steps, guidance_scale, temporal_guidance_scale):
+      calls.append((depth.shape, seed, num_inference_steps, guidance_scale, temporal_guidance_scale))
       return types.SimpleNamespace(frames=targets[prompt])
 
   monkeypatch.setitem(sys.modules, "vidjax.pipelines.edit", types.SimpleNamespace(VideoEditPipeline=FakePipeline))
   out = tmp_path / "report.json"
-  status = toy_edit.main(["--checkpoint", "ckpt", "--num_clips", "2", "--steps", "3", "--guidance_scale", "4",
+  status = toy_edit_cli.main(["--checkpoint", "ckpt", "--num_clips", "2", "--steps", "3", "--guidance_scale", "4",
                           "--out", str(out)])
   assert status == 0
   assert calls[0] == ("from_pretrained", "ckpt", False)
   assert calls[1] == ((8, 64, 64), 1_000_000, 3, 4.0, 1.0)
   report = json.loads(out.read_text())
   assert report["mean_iou"] == 1.0 and report["colour_accuracy"] == 1.0 and len(report["rows"]) == 2
-  assert report["settings"]["steps"] == 3 and report["settings"]["seeds"][0] == 1_000_000
+  assert report["settings"]["num_inference_steps"] == 3 and report["settings"]["seeds"][0] == 1_000_000
   printed = capsys.readouterr().out
   assert "1000000" in printed and "mean IoU 1.000" in printed and "colour accuracy 1.000 (" in printed
   assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary left behind
 
   # Without --guidance_scale, the checkpoint's sampling default; --first_seed picks another held-out range.
   calls.clear()
-  assert toy_edit.main(["--num_clips", "1", "--first_seed", "500000", "--out", str(out)]) == 0
+  assert toy_edit_cli.main(["--num_clips", "1", "--first_seed", "500000", "--out", str(out)]) == 0
   assert calls[1][1:4] == (cases[2].seed, 25, 2.0)
   assert json.loads(out.read_text())["settings"]["guidance_scale"] == 2.0
   assert "guidance scale 2 (the checkpoint's sampling default)" in capsys.readouterr().out

@@ -16,6 +16,7 @@ from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPi
 
 import torch_oracle
 from vidjax.convert import common
+from vidjax.convert import hf_dpt
 from vidjax.convert.hf_dpt import convert_dpt
 from vidjax.errors import ConfigError, InputError
 from vidjax.models import interpolate
@@ -123,7 +124,7 @@ def test_preprocessing_matches_dpt_image_processor():
 def test_estimator_matches_transformers_end_to_end(large):
   torch_model, folder = large
   frames = np.random.default_rng(1).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)
-  estimator = DepthEstimator.from_pretrained(folder, batch_size=2, image_size=32, multiple=16)
+  estimator = hf_dpt.load_depth_estimator(folder, batch_size=2, image_size=32, multiple=16)
   pixels = preprocess_frames(frames, (32, 32))
   with torch.no_grad():
     ref = torch_model(torch_oracle.to_torch_nchw(np.asarray(pixels))).predicted_depth
@@ -134,7 +135,7 @@ def test_estimator_matches_transformers_end_to_end(large):
 
 def test_estimator_batches_agree_and_normalise_per_clip(hybrid):
   frames = np.random.default_rng(2).integers(0, 256, (5, 40, 72, 3), dtype=np.uint8)  # non-square
-  in_one = DepthEstimator.from_pretrained(hybrid[1], batch_size=5, image_size=48, multiple=16)
+  in_one = hf_dpt.load_depth_estimator(hybrid[1], batch_size=5, image_size=48, multiple=16)
   in_three = DepthEstimator(in_one.config, in_one.params, batch_size=2, image_size=48, multiple=16)
   raw = in_one.inverse_depth(frames)
   assert raw.shape == (5, 40, 72) and raw.dtype == np.float32

@@ -13,6 +13,7 @@ from vidjax import toyworld
 from vidjax.data import video_io
 from vidjax.errors import VidjaxError
 from vidjax.pipelines.edit import VideoEditPipeline
+from vidjax.sampling import generate
 
 PROMPT = "a red cube on a plain floor at night"
 STEPS = 2
@@ -63,8 +64,8 @@ def test_masked_editing_keeps_the_source_latents_where_the_mask_says(pipe, clip)
   everything = pipe(clip.rgb, depth=clip.disparity, prompt=PROMPT, seed=4, num_inference_steps=STEPS,
                     mask=np.ones((32, 32), bool))
   # Keeping everything gives back the VAE round trip of the source; keeping nothing is a free edit.
-  latents = pipe._encode(pipe.params, clip.rgb[None].astype(np.float32) / 127.5 - 1.0)
-  round_trip = np.clip((np.asarray(pipe._decode(pipe.params, latents))[0] + 1) * 127.5, 0, 255).round()
+  latents = generate.encode_frames(pipe.model, pipe.params, clip.rgb[None])
+  round_trip = generate.decode_frames(pipe.model, pipe.params, latents)[0].astype(float)
   assert np.abs(everything.frames - round_trip).max() <= 2
   left = lambda frames: frames[:, :, :12].astype(float)  # away from the seam (the decoder mixes neighbours)
   kept_error = np.abs(left(kept.frames) - left(round_trip)).mean()
@@ -181,7 +182,7 @@ def _zero_frame_video(tmp_path):
     ("zero_frames", "zero.mp4"),
     ("wrong_mask", "does not fit the video"),
     ("fidelity", "trained with t_s in \\[0, 2\\]"),
-    ("temporal_guidance", "temporal_guidance"),
+    ("temporal_guidance_scale", "temporal_guidance_scale"),
     ("window", "temporal_window"),
     ("image_for_text_model", "conditioned on text"),
     ("no_content", "prompt"),
@@ -202,8 +203,8 @@ def test_bad_inputs_are_refused_before_any_model_work(pipe, clip, tmp_path, case
     args.update(mask=np.ones((31, 32), bool))
   elif case == "fidelity":
     args.update(structure_fidelity=3)
-  elif case == "temporal_guidance":
-    args.update(temporal_guidance=-0.5)
+  elif case == "temporal_guidance_scale":
+    args.update(temporal_guidance_scale=-0.5)
   elif case == "window":
     args.update(temporal_window=0)
   elif case == "image_for_text_model":

@@ -94,7 +94,7 @@ def test_the_checkpoints_sampling_defaults_fill_unset_flags_and_the_sidecar_reco
   assert edit("--checkpoint", folder, "--prompt", PROMPT, "--eta", 0, "--out", out) == 0
   settings = json.loads((tmp_path / "out.json").read_text())["settings"]
   # guidance from the checkpoint, eta from its flag, temporal guidance from the built-in default
-  assert (settings["guidance_scale"], settings["eta"], settings["temporal_guidance"]) == (2.5, 0.0, 1.0)
+  assert (settings["guidance_scale"], settings["eta"], settings["temporal_guidance_scale"]) == (2.5, 0.0, 1.0)
 
 
 def test_a_sweep_writes_one_labelled_grid_and_one_settings_entry_per_value(checkpoints, tmp_path, capsys):
@@ -104,8 +104,9 @@ def test_a_sweep_writes_one_labelled_grid_and_one_settings_entry_per_value(check
   assert sorted(os.listdir(tmp_path)) == ["sweep.json", "sweep.mp4"]
   assert video_io.read_video(out).shape == grid_shape(2 + 3)  # input | depth | 3 values
   record = json.loads((tmp_path / "sweep.json").read_text())
-  assert record["sweep"] == {"name": "temporal_guidance", "values": [0.5, 1.0, 1.5]}
-  assert [s["temporal_guidance"] for s in record["settings"]] == [0.5, 1.0, 1.5]
+  # The old name is an alias: the sweep and the sidecar use the one name.
+  assert record["sweep"] == {"name": "temporal_guidance_scale", "values": [0.5, 1.0, 1.5]}
+  assert [s["temporal_guidance_scale"] for s in record["settings"]] == [0.5, 1.0, 1.5]
   assert len({s["seed"] for s in record["settings"]}) == 1 and len(record["timings"]) == 3
   assert capsys.readouterr().out.splitlines() == [f"wrote {out}", f"wrote {tmp_path / 'sweep.json'}"]
 
@@ -120,7 +121,7 @@ def test_a_bad_sweep_exits_2_naming_the_setting_and_writes_nothing(checkpoints, 
   def no_edit(*args, **kwargs):
     raise AssertionError("an edit ran")
 
-  monkeypatch.setattr(VideoEditPipeline, "__call__", no_edit)
+  monkeypatch.setattr(VideoEditPipeline, "edit", no_edit)
   if not loads_model:
     monkeypatch.setattr(VideoEditPipeline, "from_pretrained", no_edit)
   assert edit("--checkpoint", checkpoints["text"], "--prompt", PROMPT, "--sweep", sweep,
@@ -147,7 +148,7 @@ def _refused_args(case: str, inputs, checkpoints) -> tuple[list, str, bool]:
   if case == "fidelity":  # tiny_model_dir trains t_s in [0, 2]
     return text + ["--structure-fidelity", 3], "structure_fidelity", False
   if case == "temporal_guidance":
-    return text + ["--temporal-guidance", -1], "temporal_guidance", False
+    return text + ["--temporal-guidance", -1], "temporal_guidance_scale", False
   if case == "window":
     return text + ["--temporal-window", 0], "temporal_window", False
   if case == "image_for_text_model":

@@ -29,11 +29,13 @@ def _random(shapes, seed: int) -> dict:
   return jax.tree.map(lambda s: (rng.standard_normal(s.shape) * 0.1).astype(np.float32), shapes)
 
 
-def write(folder: str | os.PathLike, *, content: str = "text", seed: int = 0,
+def write(folder: str | os.PathLike, *, content: str = "text", seed: int = 0, structure: str = "depth_1ch",
           structure_fidelity_range=(0, 2), sampling_defaults: dict | None = None) -> str:
-  """A tiny text (toy tokenizer) or image-embedding model directory; returns its path."""
+  """A tiny text (toy tokenizer) or image-embedding model directory with 'depth_1ch' structure (SD-2-depth's)
+  or 'depth_latent' (Gen-1's: the VAE's depth latents and 4 t_s channels); returns its path."""
   folder = os.fspath(folder)
-  unet = UNetConfig(**UNET)
+  structure_channels = {"depth_1ch": 1, "depth_latent": VAE["latent_channels"] + 4}[structure]
+  unet = UNetConfig(**{**UNET, "in_channels": VAE["latent_channels"] + structure_channels})
   vae = VAEConfig(**VAE)
   components = {"unet": (unet, _random(pretrained.param_shapes(unet), seed)),
                 "vae": (vae, _random(pretrained.param_shapes(vae), seed + 1))}
@@ -52,7 +54,7 @@ def write(folder: str | os.PathLike, *, content: str = "text", seed: int = 0,
   extra = {"scheduler": {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
                          "beta_end": 0.012, "prediction_type": "v_prediction", "timestep_spacing": "leading",
                          "steps_offset": 1, "set_alpha_to_one": False},
-           "conditioning": {"structure": "depth_1ch", "content": "text_tokens" if content == "text" else "image_embeds"},
+           "conditioning": {"structure": structure, "content": "text_tokens" if content == "text" else "image_embeds"},
            "video": {"num_frames": FRAMES, "temporal_window": None, "stride": 1, "size": [SIZE, SIZE]},
            "training": {"structure_fidelity_range": list(structure_fidelity_range)}}
   if sampling_defaults is not None:

@@ -152,7 +152,7 @@ def test_a_decoder_stage_keeps_the_encoder_of_the_last_init_from_source_and_trai
 
 
 def test_an_exported_run_loads_for_editing_with_its_sampling_defaults(tmp_path, data, capsys):
-  from vidjax.convert.cli import main as convert
+  from vidjax.cli import convert
   from vidjax.pipelines.model_dir import SAMPLING_DEFAULTS, load_model_dir
 
   workdir, out = tmp_path / "run", tmp_path / "export"

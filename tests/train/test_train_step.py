@@ -33,9 +33,8 @@ def _setup(tokenizer_dir, **overrides):
   rng = jax.random.key(0)
   labels = state_lib.trainable_labels(jax.eval_shape(model.init, rng), config.train.trainable)
   tx = state_lib.make_optimizer(config.train, labels)
-  components = state_lib.ema_components(labels)
   step = make_train_step(model, tx, labels, config.train)
-  return config, model, labels, tx, components, step
+  return config, model, labels, tx, step
 
 
 def _batch(model, batch=8, frames=4, size=16, seed=0):
@@ -55,8 +54,8 @@ def _tokens(model, batch, rng):
 
 
 def _run_on(mesh, setup, batch):
-  config, model, labels, tx, components, step = setup
-  state, shardings = state_lib.sharded_state(model.init, tx, components, jax.random.key(0), mesh, config.mesh.rules)
+  config, model, labels, tx, step = setup
+  state, shardings = state_lib.sharded_state(model.init, tx, labels, jax.random.key(0), mesh, config.mesh.rules)
   fn = jax.jit(step, in_shardings=(shardings, sharding_lib.batch_sharding(mesh)), out_shardings=(shardings, None),
                donate_argnums=0, static_argnums=2)
   initial = jax.device_get(state.params)  # the step donates the state
@@ -94,6 +93,17 @@ def test_make_your_video_recipe_changes_only_temporal_params(tokenizer_dir):
   assert temporal and spatial
   assert all(np.array_equal(flat_before[p], flat_after[p]) for p in spatial)
   assert any(not np.array_equal(flat_before[p], flat_after[p]) for p in temporal)
+  # EMA over the trainable params only: no copy of the frozen spatial UNet, VAE or text tower.
+  ema = common.flatten(jax.device_get(state.ema_params))
+  assert sorted(ema) == sorted(p for p in temporal if p[0] == "unet")
+  decay = setup[0].train.ema_decay
+  moved = [p for p in ema if not np.array_equal(flat_before[p], flat_after[p])]
+  assert moved and all(np.allclose(ema[p], decay * flat_before[p] + (1 - decay) * flat_after[p], atol=1e-7)
+                       for p in moved)
+  merged = common.flatten(state_lib.with_ema(jax.device_get(state.params), jax.device_get(state.ema_params)))
+  assert merged.keys() == flat_after.keys()  # what summaries and exports sample with: EMA where there is one
+  assert all(merged[p] is ema[p] or np.array_equal(merged[p], ema[p]) for p in ema)
+  assert all(np.array_equal(merged[p], flat_after[p]) for p in spatial)
 
 
 def test_surgery_adding_temporal_layers_and_input_channels_keeps_outputs(tokenizer_dir):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from vidjax.convert import common, pretrained
 from vidjax.convert.diffusers_unet import convert_unet
@@ -83,29 +83,6 @@ def _i3d(args) -> dict[str, common.ConversionReport]:
   return {"i3d": report}
 
 
-def _run(args) -> dict[str, common.ConversionReport]:
-  from vidjax.pipelines.model_dir import export_run  # imports the trainer
-  export_run(args.src, args.out, use_ema=not args.no_ema, dtype=args.dtype,
-             sampling_defaults=dict(args.sampling_default or []))
-  from safetensors import safe_open
-
-  reports = {}
-  for name, entry in pretrained.read_manifest(args.out)["components"].items():
-    with safe_open(os.path.join(args.out, entry["weights"]), "np") as f:
-      reports[name] = common.ConversionReport(converted=list(f.keys()), missing=[], unexpected=[])
-  return reports
-
-
-def _setting(text: str) -> tuple[str, float]:
-  name, sep, value = text.partition("=")
-  try:
-    if not sep:
-      raise ValueError
-    return name.strip(), float(value)
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f"{text!r} is not NAME=NUMBER (e.g. guidance_scale=2)") from e
-
-
 def _ints(text: str) -> tuple[int, ...]:
   try:
     return tuple(int(v) for v in text.split(","))
@@ -113,7 +90,10 @@ def _ints(text: str) -> tuple[int, ...]:
     raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from e
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra: Sequence[Callable[[Callable[..., argparse.ArgumentParser]], None]] = ()
+                 ) -> argparse.ArgumentParser:
+  """The `vidjax convert` parser; each of `extra` adds a command through the `command` factory it is given
+  (`vidjax.cli` adds `run` from `vidjax.train.export`: exporting a run is training's code)."""
   parser = argparse.ArgumentParser(prog="vidjax convert", description=__doc__.split("\n\n")[0])
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -145,14 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
   command("dpt", _dpt, "convert a transformers DPTForDepthEstimation folder", "the DPT folder")
   command("i3d", _i3d, "convert PyTorch InceptionI3d weights (piergiaj's layout) for FVD/KVD",
           "i3d_pretrained_400.pt (or a .safetensors / .pth of the same keys)")
-  run = command("run", _run, "export a `vidjax train` run (EMA weights of its latest step) for inference",
-                "the run's workdir")
-  run.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
-                   help="store floating weights in this dtype (default: as trained)")
-  run.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
-  run.add_argument("--sampling-default", type=_setting, action="append", metavar="NAME=VALUE",
-                   help="a setting the checkpoint recommends, used where an edit leaves it unset (repeatable; "
-                   "NAME: guidance_scale, temporal_guidance, num_inference_steps, eta)")
+  for add in extra:
+    add(command)
   return parser
 
 
@@ -168,9 +142,9 @@ def summary(reports: dict[str, common.ConversionReport]) -> str:
   return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, extra: Sequence[Callable] = ()) -> int:
   """Runs one conversion; returns the exit status (argparse exits with 2 on bad arguments)."""
-  args = build_parser().parse_args(argv)
+  args = build_parser(extra).parse_args(argv)
   try:
     if os.path.exists(args.out) and not args.overwrite:
       raise InputError(args.out, "already exists", "pass --overwrite to replace it, or choose another path")

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from vidjax.errors import ConfigError, InputError
+from vidjax.tree import flatten, unflatten  # noqa: F401 (re-exported: converters use common.flatten)
 
 Path = tuple[str, ...]
 _TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -159,26 +160,6 @@ class ConversionReport:
   def summary(self) -> str:
     return (f"converted {len(self.converted)} tensors; {len(self.missing)} target params left at init; "
             f"{len(self.unexpected)} source keys unused")
-
-
-def flatten(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
-  out: dict[Path, Any] = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def unflatten(flat: Mapping[Path, Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return tree
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], target: Mapping[str, Any], *, source: str,

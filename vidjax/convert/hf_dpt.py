@@ -18,7 +18,7 @@ import numpy as np
 
 from vidjax.convert import common
 from vidjax.errors import ConfigError
-from vidjax.models.depth import DPT, DPTConfig
+from vidjax.models.depth import DPT, DepthEstimator, DPTConfig
 
 _RENAME = common.rename_by_rules([
     # the ViT attention is the shared `Attention` (to_q, to_k, to_v, to_out_0)
@@ -78,3 +78,13 @@ def convert_dpt(source: str | os.PathLike | Mapping[str, np.ndarray], config: DP
       source, config, lambda folder: read_dpt_config(folder, **config_overrides), ["model", "pytorch_model"])
   params, report = common.convert_state_dict(state_dict, dpt_param_shapes(config), source=str(name), rename=rename)
   return config, params, report
+
+
+def load_depth_estimator(folder: str | os.PathLike, **kwargs) -> DepthEstimator:
+  """A `DepthEstimator` on a transformers DPT folder (config.json + model.safetensors or pytorch_model.bin).
+
+  `kwargs` go to `DepthEstimator` (batch_size, image_size, multiple, keep_aspect_ratio). Also the
+  shard builder's 'dpt' depth method (`data_pipelines.depth_estimators`).
+  """
+  config, params, _ = convert_dpt(folder)
+  return DepthEstimator(config, params, **kwargs)

@@ -40,6 +40,7 @@ import vidjax
 from vidjax.convert import common, diffusers_unet, diffusers_vae, hf_clip, hf_dpt
 from vidjax.errors import ConfigError, InputError, atomic_path, usual_mode
 from vidjax.models.clip import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from vidjax.models.depth import DepthEstimator
 from vidjax.models.dpt_backbone import BitConfig, DPTConfig
 from vidjax.models.i3d import I3DConfig
 from vidjax.models.i3d import param_shapes as i3d_param_shapes
@@ -61,6 +62,11 @@ _SHAPES: dict[type, Callable[[Any], dict[str, Any]]] = {
     DPTConfig: hf_dpt.dpt_param_shapes, CLIPConfig: hf_clip.param_shapes, I3DConfig: i3d_param_shapes,
     CLIPTextConfig: lambda c: hf_clip.param_shapes(CLIPConfig(text=c))["text_model"],
     CLIPVisionConfig: lambda c: hf_clip.param_shapes(CLIPConfig(vision=c))["vision_model"]}
+
+
+# Manifest `conditioning` entries <-> VideoDiffusionModel's structure and content kinds.
+STRUCTURES = {"depth_1ch": "depth", "depth_pixels": "depth_pixels", "depth_latent": "depth_latent", "none": "none"}
+CONTENTS = {"text_tokens": "text", "image_embeds": "image"}
 
 
 def param_shapes(config: Any) -> dict[str, Any]:
@@ -211,3 +217,15 @@ def _check_shapes(params: Mapping[str, Any], shapes: Mapping[str, Any], source: 
                if p in have and tuple(have[p].shape) != tuple(want[p].shape)]
   if problems:
     raise ConfigError(source, f"{len(problems)} params do not fit the config: " + "; ".join(problems[:10]), _FIX)
+
+
+def load_depth_estimator(path: str | os.PathLike, **kwargs) -> DepthEstimator:
+  """A `DepthEstimator` from a vidjax directory with a depth_estimator component (its manifest's
+  `depth_estimator_kwargs` apply) or from a transformers DPT folder; `kwargs` override those."""
+  path = os.fspath(path)
+  if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+    manifest = read_manifest(path)
+    if "depth_estimator" in manifest["components"]:
+      config, params = load_pretrained(path, ("depth_estimator",))["depth_estimator"]
+      return DepthEstimator(config, params, **{**manifest.get("depth_estimator_kwargs", {}), **kwargs})
+  return hf_dpt.load_depth_estimator(path, **kwargs)

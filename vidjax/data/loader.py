@@ -9,7 +9,8 @@ Batches (per process; B = batch_size, T = num_frames of the manifest, N = B for 
 image_batch_size, default B * T, for an image batch, whose time axis has length 1):
   frames              float32 (N, T|1, H, W, 3) in [-1, 1]   (absent when use_latents)
   latents             float32 (N, T|1, h, w, 4)              (only when use_latents)
-  depth               float32 (N, T|1, H, W, 1) in [-1, 1], after the t_s blur, min-max per sample
+  depth               float32 (N, T|1, H, W, 1) as stored ([0, 1], 1 = near) after the t_s blur; the
+                      model normalises it (`VideoDiffusionModel.encode_structure`, once)
   structure_fidelity  int32 (N,), the paper's t_s, uniform in [min, max] of the config
   tokens              int32 (N, L), the caption's token ids padded to L
   object_mask         float32 (N, T|1, H, W, 1), 1 on object pixels (only when the shards hold masks)
@@ -32,10 +33,8 @@ How the stream is made, and why:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
-import threading
 from typing import Any, Mapping
 
 import grain
@@ -44,11 +43,10 @@ import ml_collections
 import numpy as np
 
 from vidjax.conditioning import structure
+from vidjax.conditioning.tokens import tokenize
 from vidjax.data import records
 from vidjax.errors import ConfigError, InputError
 
-# Loading transformers lazily, or calling a fast tokenizer, from several threads at once fails.
-_TOKENIZER_LOCK = threading.Lock()
 
 
 def default_loader_config() -> ml_collections.ConfigDict:
@@ -94,101 +92,13 @@ def is_image_step(seed: int, step: int, image_fraction: float) -> bool:
   return bool(np.random.default_rng([seed, step]).random() < image_fraction)
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(folder: str):
-  import transformers  # pylint: disable=g-import-not-at-top
-  try:
-    return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-  except (OSError, ValueError) as e:
-    raise InputError(folder, f"cannot load a tokenizer ({e})",
-                     "set tokenizer_dir to a saved transformers tokenizer folder") from e
-
-
-def tokenize(captions: list[str], folder: str, max_tokens: int) -> np.ndarray:
-  """int32 (len(captions), L) ids, padded and truncated to L (0: the model_max_length)."""
-  with _TOKENIZER_LOCK:
-    tokenizer = _tokenizer(folder)
-    ids = tokenizer(captions, padding="max_length", truncation=True,
-                    max_length=max_tokens or tokenizer.model_max_length,
-                    return_tensors="np")["input_ids"]
-  return ids.astype(np.int32)
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptLoss:
-  """What `tokenize` changes or drops of one caption (empty fields: nothing).
-
-  unknown: the words a word-level vocabulary lacks, as written, each once in order; the tokenizer reads them as its
-    unk token (a byte-level BPE such as CLIP's knows every word, so it has none).
-  truncated: the text cut off past the context length.
-  """
-
-  unknown: tuple[str, ...] = ()
-  truncated: str = ""
-
-  def __bool__(self) -> bool:
-    return bool(self.unknown or self.truncated)
-
-
-def prompt_losses(captions: list[str], folder: str, max_tokens: int) -> list[PromptLoss]:
-  """What `tokenize(captions, folder, max_tokens)` loses of each caption: one PromptLoss per caption."""
-  with _TOKENIZER_LOCK:
-    tokenizer = _tokenizer(folder)
-    limit = max_tokens or tokenizer.model_max_length
-    unk = tokenizer.unk_token_id
-    losses = []
-    for caption in captions:
-      plain = tokenizer(caption, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-      ids, spans = plain["input_ids"], plain["offset_mapping"]
-      special = len(tokenizer(caption, verbose=False)["input_ids"]) - len(ids)  # bos/eos the template adds
-      # A caption that spells the unk token itself (CLIP's is its end-of-text token) asked for it: not a loss.
-      unknown = [caption[a:b] for i, (a, b) in zip(ids, spans) if i == unk and caption[a:b] != tokenizer.unk_token]
-      kept = max(limit - special, 0)
-      truncated = caption[spans[kept][0]:].strip() if len(ids) > kept else ""
-      losses.append(PromptLoss(unknown=tuple(dict.fromkeys(unknown)), truncated=truncated))
-  return losses
-
-
-def known_words(folder: str) -> list[str]:
-  """The tokenizer's vocabulary without its special tokens, in id order (for messages that suggest words)."""
-  with _TOKENIZER_LOCK:
-    tokenizer = _tokenizer(folder)
-    vocab = tokenizer.get_vocab()
-    special = set(tokenizer.all_special_tokens)
-  return [token for token, _ in sorted(vocab.items(), key=lambda item: item[1]) if token not in special]
-
-
-@dataclasses.dataclass(frozen=True)
-class Tokenizer:
-  """A tokenizer folder at a fixed length L (0: its model_max_length); `tokenizer(captions)` -> int32 (B, L) ids."""
-
-  folder: str
-  max_tokens: int = 0
-
-  def __call__(self, captions: list[str]) -> np.ndarray:
-    return tokenize(list(captions), self.folder, self.max_tokens)
-
-  def losses(self, captions: list[str]) -> list[PromptLoss]:
-    """What calling it on `captions` changes or drops of each (`prompt_losses`)."""
-    return prompt_losses(list(captions), self.folder, self.max_tokens)
-
-  def known_words(self) -> list[str]:
-    return known_words(self.folder)
-
-  @property
-  def context_length(self) -> int:
-    """L, the length every encoding is padded or truncated to."""
-    with _TOKENIZER_LOCK:
-      return self.max_tokens or _tokenizer(self.folder).model_max_length
-
-
 def _augment_depth(depth: np.ndarray, structure_fidelity: np.ndarray) -> np.ndarray:
-  """float32 (N, T, H, W) in [0, 1] -> (N, T, H, W, 1) in [-1, 1], blurred by t_s per sample."""
+  """float32 (N, T, H, W) in [0, 1] -> (N, T, H, W, 1), blurred by t_s per sample (not normalised: the model does)."""
   out = np.empty(depth.shape, np.float32)
   for t in np.unique(structure_fidelity):
     chosen = structure_fidelity == t
     out[chosen] = structure.augment_structure(depth[chosen], int(t))
-  return structure.normalize_depth(out)[..., None]
+  return out[..., None]
 
 
 class AssembleBatch(grain.transforms.MapWithIndex):

@@ -51,13 +51,13 @@ def temporal_guidance(
     context: jax.Array,
     null_context: jax.Array,
     scale: float | jax.Array,
-    temporal_scale: float | jax.Array,
+    temporal_guidance_scale: float | jax.Array,
 ) -> DenoiseFn:
   """Gen-1 Eq. 8: CFG on content plus guidance of the video model away from the image model.
 
     pred = img_uncond + omega_t * (vid_uncond - img_uncond) + omega * (vid_cond - vid_uncond)
 
-  where omega_t is `temporal_scale` and omega is `scale`. omega_t > 1 trades per-frame detail for
+  where omega_t is `temporal_guidance_scale` and omega is `scale`. omega_t > 1 trades per-frame detail for
   temporal consistency, < 1 the reverse (Gen-1 Fig. 4); omega_t = 1 is CFG on the video model, which
   is then computed with the cheaper 2N batch when omega_t is the Python number 1.
 
@@ -66,13 +66,13 @@ def temporal_guidance(
     context: (N, ...) content conditioning.
     null_context: the unconditional context, (N, ...) or (1, ...).
     scale: content guidance scale omega >= 0. May be traced.
-    temporal_scale: temporal guidance scale omega_t >= 0. May be traced.
+    temporal_guidance_scale: temporal guidance scale omega_t >= 0. May be traced.
 
   Returns:
     denoise_fn(z (N, ...), t (N,)) -> guided prediction from one model call of 3N samples.
   """
-  _check_scale("temporal_scale", temporal_scale)
-  if isinstance(temporal_scale, (int, float)) and temporal_scale == 1:
+  _check_scale("temporal_guidance_scale", temporal_guidance_scale)
+  if isinstance(temporal_guidance_scale, (int, float)) and temporal_guidance_scale == 1:
     return classifier_free_guidance(model_fn, context=context, null_context=null_context, scale=scale)
   _check_scale("scale", scale)
   null_context = _broadcast_null_context(context, null_context)
@@ -81,7 +81,7 @@ def temporal_guidance(
     image_uncond, video_uncond, video_cond = _batched_predictions(
         model_fn, z, t, contexts=(null_context, null_context, context), video_gates=(0.0, 1.0, 1.0)
     )
-    return (image_uncond + temporal_scale * (video_uncond - image_uncond)
+    return (image_uncond + temporal_guidance_scale * (video_uncond - image_uncond)
             + scale * (video_cond - video_uncond))
 
   return denoise_fn

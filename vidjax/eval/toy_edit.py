@@ -21,22 +21,21 @@ Metrics, on an output video uint8 (T, H, W, 3) of the case's size (colours compa
   frame_consistency: mean |frame[t+1] - frame[t]| of the output over that of the target render;
     1.0 is as smooth as the ideal, > 1 flickers, < 1 moves less than the scene (e.g. frozen).
 
-Scores of a VideoEditPipeline checkpoint: `vidjax eval-toy-edit [--checkpoint DIR]`.
+Scores of a VideoEditPipeline checkpoint: `vidjax eval-toy-edit [--checkpoint DIR]`
+(`vidjax.pipelines.toy_edit_cli`: the pipeline sits above this layer). `format_row` and `summary`
+print a report as that command does.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from vidjax import toyworld
-from vidjax.errors import EXIT_ERROR, InputError, VidjaxError, atomic_path
+from vidjax.errors import InputError
 
 PALETTE = tuple(toyworld.COLOURS)  # the 10 caption colours, in COLOURS order
 # The toy training set's scene seeds (configs/toy.py builds from seed 0; 2048 covers every size we
@@ -385,73 +384,13 @@ def _to_lab(rgb: np.ndarray) -> np.ndarray:
   return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
 
 
-# ----------------------------------------------------------------------------------------------
-# Report entry point.
-
-
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="vidjax eval-toy-edit", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--checkpoint", default=None,
-                      help="a VideoEditPipeline checkpoint directory (default: the embedded toy checkpoint)")
-  parser.add_argument("--num_clips", type=int, default=20, help="held-out toy scenes to edit (default 20)")
-  parser.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
-  parser.add_argument("--guidance_scale", type=float, default=None,
-                      help="classifier-free guidance (default: the checkpoint's sampling default, else 5)")
-  parser.add_argument("--first_seed", type=int, default=1_000_000,
-                      help="scenes from this seed on (default 1000000, the benchmark's); another held-out range, "
-                      "e.g. 500000, to choose settings without tuning on the benchmark")
-  parser.add_argument("--out", default=None, help="also write the report as JSON here")
-  return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-  """Edits `--num_clips` held-out toy clips with a checkpoint, prints a table, optionally writes JSON.
-
-  Raises VidjaxError on bad input (the `__main__` block and the CLI turn it into one line, exit 2).
-  """
-  args = _parser().parse_args(argv)
-  from vidjax.pipelines.edit import VideoEditPipeline  # heavy (jax, the model): after argument checks
-
-  cases = edit_cases(args.num_clips, first_seed=args.first_seed)
-  pipe = VideoEditPipeline.from_pretrained(args.checkpoint, progress=False)
-  guidance = args.guidance_scale
-  if guidance is None:
-    guidance = pipe.model_dir.sampling_defaults["guidance_scale"]
-    print(f"guidance scale {guidance:g} (the checkpoint's sampling default)")
-
-  def edit(case: EditCase) -> np.ndarray:
-    result = pipe(depth=case.source.disparity, prompt=case.target_caption, seed=case.seed,
-                  num_inference_steps=args.steps, guidance_scale=guidance, temporal_guidance=1.0)
-    return np.asarray(result.frames)
-
-  print(f"{'seed':>8}  {'IoU':>5}  {'consist':>7}  {'secs':>6}  colours (wanted: got)")
-  report = evaluate(edit, cases, on_row=lambda row: print(_format_row(row), flush=True))
-  print(_summary(report))
-  if args.out:
-    settings = {"checkpoint": args.checkpoint, "num_clips": args.num_clips, "steps": args.steps,
-                "guidance_scale": guidance, "temporal_guidance": 1.0,
-                "seeds": [case.seed for case in cases]}
-    with atomic_path(args.out) as tmp, open(tmp, "w") as f:
-      json.dump({"settings": settings, **report}, f, indent=1)
-    print(f"report written to {args.out}")
-  return 0
-
-
-def _format_row(row: dict[str, Any]) -> str:
+def format_row(row: dict[str, Any]) -> str:
   colours = ", ".join(w if ok else f"{w}: got {g}"
                       for w, g, ok in zip(row["colours_wanted"], row["colours_got"], row["colours_correct"]))
   return f"{row['seed']:>8}  {row['iou']:5.3f}  {row['consistency']:7.2f}  {row['edit_seconds']:6.1f}  {colours}"
 
 
-def _summary(report: dict[str, Any]) -> str:
+def summary(report: dict[str, Any]) -> str:
   return (f"{report['num_cases']} clips: mean IoU {report['mean_iou']:.3f} | colour accuracy "
           f"{report['colour_accuracy']:.3f} ({report['num_colours_correct']}/{report['num_objects']} objects) | "
           f"consistency {report['mean_consistency']:.2f}")
-
-
-if __name__ == "__main__":
-  try:
-    sys.exit(main(sys.argv[1:]))
-  except VidjaxError as e:
-    print(f"vidjax.eval.toy_edit: error: {e}", file=sys.stderr)
-    sys.exit(EXIT_ERROR)

@@ -7,13 +7,11 @@ Make-Your-Video's) read at four layers, a reassemble stage that turns tokens bac
 outputs relative inverse depth (large = near, >= 0, arbitrary scale and shift).
 Unlike transformers, non-square inputs work (the patch grid is known), as in the original MiDaS.
 
-  estimator = DepthEstimator.from_pretrained("/weights/dpt-hybrid-midas")
+  estimator = vidjax.convert.hf_dpt.load_depth_estimator("/weights/dpt-hybrid-midas")  # loading is convert's
   depth = estimator(frames)  # uint8 (T, H, W, 3) -> float32 (T, H, W) in [0, 1], 1 = nearest
 """
 
 from __future__ import annotations
-
-import os
 
 import flax.linen as nn
 import jax
@@ -25,7 +23,7 @@ from vidjax.errors import InputError
 from vidjax.models import interpolate, layers
 from vidjax.models.dpt_backbone import ACTIVATIONS, DPTConfig, ViT
 
-__all__ = ["DPT", "DPTConfig", "DepthEstimator", "load_depth_model", "model_input_size",
+__all__ = ["DPT", "DPTConfig", "DepthEstimator", "model_input_size",
            "normalize_depth_for_unet", "preprocess_frames"]
 
 
@@ -235,14 +233,6 @@ class DepthEstimator:
     self._model = DPT(config)
     self._predict = jax.jit(self._predict_batch, static_argnames="size")
 
-  @classmethod
-  def from_pretrained(cls, folder: str | os.PathLike, **kwargs) -> DepthEstimator:
-    """From a transformers DPT folder (config.json + model.safetensors or pytorch_model.bin)."""
-    from vidjax.convert.hf_dpt import convert_dpt  # the converter imports this module's model
-
-    config, params, _ = convert_dpt(folder)
-    return cls(config, params, **kwargs)
-
   def _predict_batch(self, params, frames: jax.Array, size: tuple[int, int]) -> jax.Array:
     """uint8 (B, H, W, 3) -> float32 (B, H, W) raw inverse depth, the model run at `size`."""
     pixels = preprocess_frames(frames, size).astype(jnp.dtype(self.config.dtype))
@@ -269,8 +259,3 @@ class DepthEstimator:
     if not high > low:
       return np.zeros_like(depth)
     return (depth - low) / (high - low)
-
-
-def load_depth_model(weights: str | os.PathLike, **kwargs) -> DepthEstimator:
-  """The shard builder's 'dpt' hook: `DepthEstimator.from_pretrained(weights, **kwargs)`."""
-  return DepthEstimator.from_pretrained(weights, **kwargs)

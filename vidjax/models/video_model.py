@@ -146,8 +146,13 @@ class VideoDiffusionModel:
                        latent_hw: tuple[int, int]) -> jax.Array | None:
     """Structure channels for the UNet.
 
+    Depth is normalised here and nowhere else on its way to the UNet: per frame for 'depth' and
+    'depth_pixels' (SD-2-depth's min-max, after the resize to the latent), per sample over all its
+    frames for 'depth_latent' (the VAE reads [-1, 1]; one range for the clip keeps it consistent in time).
+
     Args:
-      depth: (B, T, H, W, 1) in [-1, 1], already blurred to its t_s (the loader or the pipeline does it).
+      depth: (B, T, H, W, 1), already blurred to its t_s (the loader or the pipeline does it), any
+        range (inverse depth: large = near).
       structure_fidelity: (B,) the paper's t_s (used by 'depth_latent' only).
       latent_hw: the latent (h, w).
     Returns:
@@ -168,7 +173,7 @@ class VideoDiffusionModel:
                          f"give depth at the frames' size, a multiple of {f}")
       cells = normalize_depth(frames).reshape(b, t, lh, f, lw, f).transpose(0, 1, 2, 4, 3, 5)
       return jnp.concatenate([coarse, cells.reshape(b, t, lh, lw, f * f)], axis=-1)
-    latents = encode_video(self.vae, params["vae"], jnp.repeat(depth, 3, axis=-1))
+    latents = encode_video(self.vae, params["vae"], jnp.repeat(normalize_depth(depth), 3, axis=-1))
     ts = structure_fidelity_channels(jnp.asarray(structure_fidelity, jnp.float32), *latent_hw)
     return jnp.concatenate([latents, jnp.broadcast_to(ts[:, None], (b, t, *latent_hw, 4))], axis=-1)
 

@@ -17,7 +17,8 @@ What one call does, and the papers' controls it exposes:
      through Make-Your-Video's causal window L_M (`temporal_window`), which the temporal attention
      evaluates block by block, so memory grows linearly with the frame count;
   4. decode with the VAE, frame by frame.
-The compiled sampler is cached per static setting (steps, temporal guidance on/off) and shape, so a
+Steps 3 and 4 are `vidjax.sampling.generate`, the path the trainer's sample summaries take too: its
+compiled sampler is cached per model, static setting (steps, temporal guidance on/off) and shape, so a
 new prompt, seed, scale, t_s, window or mask at the same shapes reuses it (`sampler_traces` counts).
 """
 
@@ -35,11 +36,14 @@ import numpy as np
 
 import vidjax
 from vidjax.conditioning import structure as structure_lib
+from vidjax.convert import pretrained
 from vidjax.data import video_io
-from vidjax.errors import ConfigError, InputError
+from vidjax.errors import ConfigError, InputError, check_number
+from vidjax.models.clip import encode_image, preprocess_images
+from vidjax.models.depth import DepthEstimator
 from vidjax.pipelines import edit_inputs
 from vidjax.pipelines.model_dir import ModelDir, load_model_dir
-from vidjax.pipelines.sampling import Sampler, SamplingConfig
+from vidjax.sampling import generate
 
 EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(vidjax.__file__), "assets", "toy")
 STAGES = ("inputs", "depth", "encode", "sampling", "decode")
@@ -64,6 +68,39 @@ class EditResult:
   timings: dict[str, float]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class EditSettings:
+  """Every input and setting of one edit, named as `__call__`'s arguments (see there), the CLI's flags
+  and the sidecar's keys. `VideoEditPipeline.check_settings` validates one once and resolves its
+  defaults; `VideoEditPipeline.edit` runs only such a checked one."""
+
+  video: Any = None
+  depth: Any = None
+  prompt: str | None = None
+  image: Any = None
+  negative_prompt: str = ""
+  strict_prompt: bool = False
+  structure_fidelity: int = 0
+  guidance_scale: float | None = None
+  temporal_guidance_scale: float | None = None
+  num_inference_steps: int | None = None
+  eta: float | None = None
+  seed: int = 0
+  strength: float = 1.0
+  mask: Any = None
+  num_frames: int | None = None
+  stride: int = 1
+  start_sec: float = 0.0
+  height: int | None = None
+  width: int | None = None
+  max_side: int | None = None
+  temporal_window: int | None = None
+  checked: bool = dataclasses.field(default=False, init=False, repr=False)  # set by check_settings only
+
+  def as_dict(self) -> dict[str, Any]:
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+
 class VideoEditPipeline:
   """Edits videos with a whole-model checkpoint directory; see the module docstring."""
 
@@ -73,17 +110,9 @@ class VideoEditPipeline:
     self.model_dir, self.model, self.params = model_dir, model_dir.model, jax.device_put(model_dir.params)
     self.progress = progress
     if depth_estimator is None and model_dir.depth_estimator is not None:
-      from vidjax.models.depth import DepthEstimator
       config, params = model_dir.depth_estimator
       depth_estimator = DepthEstimator(config, params, **model_dir.manifest.get("depth_estimator_kwargs", {}))
     self.depth_estimator = depth_estimator
-    self._samplers: dict[SamplingConfig, Sampler] = {}
-    model = self.model
-    self._structure = jax.jit(model.encode_structure, static_argnums=(3,))
-    self._content = jax.jit(lambda params, tokens, embeds: model.encode_content(
-        params, tokens=tokens, image_embeds=embeds))
-    self._encode = jax.jit(model.encode_frames)
-    self._decode = jax.jit(model.decode)
 
   @classmethod
   def from_pretrained(cls, path: str | os.PathLike | None = None, *, depth_estimator: Any = None,
@@ -98,7 +127,7 @@ class VideoEditPipeline:
                           "reinstall vidjax from its repository, or pass a checkpoint directory")
       path = EMBEDDED_CHECKPOINT
     if isinstance(depth_estimator, (str, os.PathLike)):
-      depth_estimator = _load_depth_estimator(os.fspath(depth_estimator))
+      depth_estimator = pretrained.load_depth_estimator(depth_estimator)
     return cls(load_model_dir(path), depth_estimator=depth_estimator, progress=progress)
 
   # -- facts about the model ---------------------------------------------------------------------
@@ -124,14 +153,14 @@ class VideoEditPipeline:
   @property
   def sampler_traces(self) -> int:
     """How many times a sampling loop was traced (compiled) so far."""
-    return sum(s.traces for s in self._samplers.values())
+    return generate.sampler_traces(self.model)
 
   # -- the edit ----------------------------------------------------------------------------------
 
   def __call__(self, video: Any = None, *, depth: Any = None, prompt: str | None = None, image: Any = None,
                negative_prompt: str = "", strict_prompt: bool = False, structure_fidelity: int = 0,
-               guidance_scale: float | None = None,
-               temporal_guidance: float | None = None, num_inference_steps: int | None = None,
+               guidance_scale: float | None = None, temporal_guidance_scale: float | None = None,
+               num_inference_steps: int | None = None,
                eta: float | None = None, seed: int = 0,
                strength: float = 1.0, mask: Any = None, num_frames: int | None = None, stride: int = 1,
                start_sec: float = 0.0, height: int | None = None, width: int | None = None,
@@ -148,10 +177,10 @@ class VideoEditPipeline:
         does not know (read as its unk token) and text past its context are named in a warning.
       strict_prompt: refuse such prompts instead (InputError naming the words).
       structure_fidelity: t_s, an int within the range the checkpoint was trained on.
-      guidance_scale: omega (>= 0); temporal_guidance: omega_t (>= 0; 1 = plain CFG).
+      guidance_scale: omega (>= 0); temporal_guidance_scale: omega_t (>= 0; 1 = plain CFG).
       num_inference_steps, eta, seed: DDIM settings and the noise seed.
-        guidance_scale, temporal_guidance, num_inference_steps and eta default to the checkpoint's
-        `sampling_defaults`, else 5, 1, 25 and 0 (`model_dir.SAMPLING_DEFAULTS`).
+        guidance_scale, temporal_guidance_scale, num_inference_steps and eta default to the
+        checkpoint's `sampling_defaults`, else 5, 1, 25 and 0 (`sampling.settings.SAMPLING_DEFAULTS`).
       strength: SDEdit strength in (0, 1]; below 1 starts from the noised source video.
       mask: keep the source where True (H, W) or (T, H, W), at the input's size; needs `video`.
       num_frames, stride, start_sec: which frames (default: the trained clip length, or all the
@@ -167,16 +196,17 @@ class VideoEditPipeline:
       InputError / ConfigError naming the input, the problem and the fix; nothing runs before all
       inputs are checked.
     """
-    settings = self.check_settings(
-        video=video, depth=depth, prompt=prompt, image=image, negative_prompt=negative_prompt,
-        strict_prompt=strict_prompt, structure_fidelity=structure_fidelity, guidance_scale=guidance_scale,
-        temporal_guidance=temporal_guidance,
-        num_inference_steps=num_inference_steps, eta=eta, seed=seed, strength=strength, mask=mask,
-        num_frames=num_frames, stride=stride, start_sec=start_sec, height=height, width=width, max_side=max_side,
-        temporal_window=temporal_window)
+    arguments = {name: value for name, value in locals().items() if name not in ("self", "progress")}
+    return self.edit(self.check_settings(EditSettings(**arguments)), progress=progress)
+
+  def edit(self, settings: EditSettings, *, progress: bool | None = None) -> EditResult:
+    """Runs an edit whose settings `check_settings` returned (checked once, before any model work)."""
+    if not settings.checked:
+      raise ConfigError("settings", "were not checked by this pipeline", "pass pipe.check_settings(settings)")
+    s = settings
     show = self.progress if progress is None else progress
     bar = _progress_bar(show)
-    timings, notes = {}, self._prompt_notes(settings)
+    timings, notes = {}, self._prompt_notes(s.prompt, s.negative_prompt, s.strict_prompt)
     clock = time.perf_counter()
 
     def done(stage: str, value: Any = None) -> Any:
@@ -189,9 +219,9 @@ class VideoEditPipeline:
       bar.set_postfix_str(stage)
       return value
 
-    frames, raw_depth, keep, content_image = self._read_inputs(settings, notes)
+    frames, raw_depth, keep, content_image = self._read_inputs(s, notes)
     t = len(frames) if frames is not None else len(raw_depth)
-    self._check_length(t, settings)
+    self._check_length(t, s)
     done("inputs")
     if raw_depth is None and self.depth_estimator is not None:
       raw_depth = np.asarray(self.depth_estimator(frames))
@@ -202,44 +232,52 @@ class VideoEditPipeline:
       raw_depth = edit_inputs.read_depth_input(frames.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114],
                                                                                       np.float32),
                                                num_frames=None, stride=1, start_sec=0.0)
-    used_depth = np.asarray(structure_lib.augment_structure(raw_depth, int(settings["structure_fidelity"])))
+    used_depth = np.asarray(structure_lib.augment_structure(raw_depth, int(s.structure_fidelity)))
     done("depth", used_depth)
 
     hw = used_depth.shape[1:]
     factor = self.model.config.vae.downsample_factor
     latent_hw = (hw[0] // factor, hw[1] // factor)
-    unet_depth = jnp.asarray(structure_lib.normalize_depth(used_depth))[None, ..., None]  # (1, T, H, W, 1) in [-1, 1]
-    fidelity = jnp.full((1,), settings["structure_fidelity"], jnp.int32)
-    cond = self._structure(self.params, unet_depth, fidelity, latent_hw)
-    context, null_context = self._encode_content(settings, content_image)
+    cond = generate.encode_structure(self.model, self.params, used_depth[None, ..., None],
+                                     np.full((1,), s.structure_fidelity, np.int32), latent_hw)
+    context, null_context = self._encode_content(s, content_image)
     source_latents = None
-    if frames is not None and (keep is not None or settings["strength"] < 1.0):
-      source_latents = self._encode(self.params, jnp.asarray(frames, jnp.float32)[None] / 127.5 - 1.0)
+    if frames is not None and (keep is not None or s.strength < 1.0):
+      source_latents = generate.encode_frames(self.model, self.params, frames[None])
     done("encode", (cond, context, null_context, source_latents))
 
-    latents = self._sample(settings, cond, context, null_context, source_latents, keep, latent_hw, t)
+    keep_mask = None if keep is None else jnp.asarray(_latent_mask(keep, t, latent_hw))[None]
+    latents = generate.sample_latents(
+        self.model, self.params, structure=cond, context=context, null_context=null_context,
+        shape=(1, t, *latent_hw, self.model.config.vae.latent_channels), seed=s.seed,
+        num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+        temporal_guidance_scale=s.temporal_guidance_scale, eta=s.eta,
+        temporal_window=s.temporal_window, scheduler=self.model_dir.scheduler,
+        init_latents=source_latents, strength=s.strength, keep_mask=keep_mask,
+        source_latents=source_latents)
     done("sampling", latents)
-    video_out = self._decode(self.params, latents)[0]
-    out = np.asarray(jnp.clip((video_out + 1.0) * 127.5, 0, 255).round().astype(jnp.uint8))
+    out = generate.decode_frames(self.model, self.params, latents)[0]
     done("decode", out)
     bar.close()
     for note in notes:
       warnings.warn(note, stacklevel=2)
-    depth_source = _describe(depth) if depth is not None else (
+    depth_source = _describe(s.depth) if s.depth is not None else (
         "estimated" if self.depth_estimator is not None else "brightness")
-    settings = {**settings, "video": _describe(video), "depth": depth_source, "image": _describe(image),
-                "mask": _describe(mask), "num_frames": t, "height": hw[0], "width": hw[1],
-                "checkpoint": os.path.abspath(self.model_dir.path), "vidjax_version": vidjax.__version__,
-                "warnings": notes}
-    return EditResult(frames=out, depth=used_depth.astype(np.float32), source=frames, settings=settings,
+    record = {**s.as_dict(), "video": _describe(s.video), "depth": depth_source, "image": _describe(s.image),
+              "mask": _describe(s.mask), "num_frames": t, "height": hw[0], "width": hw[1],
+              "checkpoint": os.path.abspath(self.model_dir.path), "vidjax_version": vidjax.__version__,
+              "warnings": notes}
+    return EditResult(frames=out, depth=used_depth.astype(np.float32), source=frames, settings=record,
                       timings=timings)
 
   # -- steps -------------------------------------------------------------------------------------
 
-  def check_settings(self, **s) -> dict[str, Any]:
-    """Checks every setting that needs no file reading (all of `__call__`'s keyword arguments but
-    `progress`); returns them with defaults resolved. Raises InputError naming the first bad one."""
+  def check_settings(self, settings: EditSettings | None = None, /, **changes) -> EditSettings:
+    """Checks every setting that needs no file reading, once: `settings` (default EditSettings()) with
+    `changes` (`__call__`'s keyword arguments) in place. Returns a checked copy with defaults resolved,
+    what `edit` runs. Raises InputError naming the first bad one."""
     config = self.model.config
+    s = dataclasses.replace(settings or EditSettings(), **changes).as_dict()
     s.update({name: value for name, value in self.model_dir.sampling_defaults.items() if s.get(name) is None})
     if s["video"] is None and s["depth"] is None:
       raise InputError("video / depth", "neither was given", "pass a video to edit, or a depth sequence to follow")
@@ -253,7 +291,7 @@ class VideoEditPipeline:
         raise InputError("strict_prompt", f"{s['strict_prompt']!r} is not True or False", "pass strict_prompt=True")
       if not isinstance(s["negative_prompt"], str):
         raise InputError("negative_prompt", f"{s['negative_prompt']!r} is not a string", "pass negative_prompt='...'")
-      self._prompt_notes(s)  # raises under strict_prompt
+      self._prompt_notes(s["prompt"], s["negative_prompt"], s["strict_prompt"])  # raises under strict_prompt
     else:
       if s["prompt"] is not None or s["negative_prompt"]:
         raise InputError("prompt", "a prompt was given, but this model is conditioned on CLIP image embeddings",
@@ -265,7 +303,7 @@ class VideoEditPipeline:
     _check_int("structure_fidelity", s["structure_fidelity"], low, high,
                f"this checkpoint was trained with t_s in [{low}, {high}]; pass a value in that range")
     _check_number("guidance_scale", s["guidance_scale"], 0.0, None, "pass omega >= 0 (1 = no guidance)")
-    _check_number("temporal_guidance", s["temporal_guidance"], 0.0, None,
+    _check_number("temporal_guidance_scale", s["temporal_guidance_scale"], 0.0, None,
                   "pass omega_t >= 0 (1 = off, > 1 = smoother, < 1 = more per-frame detail)")
     _check_int("num_inference_steps", s["num_inference_steps"], 1, config.num_train_timesteps,
                f"pass 1 .. {config.num_train_timesteps} steps")
@@ -302,24 +340,26 @@ class VideoEditPipeline:
       raise InputError("temporal_window", f"L_M = {window}, but this model has no causal temporal attention",
                        "leave temporal_window unset")
     if limit is not None:
-      if window is None:
-        window = self.model_dir.video.get("temporal_window") or self.trained_frames or limit
+      if window is None:  # the checkpoint's L_M, else the trained length, within what the model represents
+        window = min(self.model_dir.video.get("temporal_window") or self.trained_frames or limit, limit)
       _check_int("temporal_window", window, 1, limit,
                  f"pass 1 <= L_M <= {limit} (the relative-position range of this model's temporal attention + 1)")
-      s["temporal_window"] = min(int(window), limit)
-    return s
+      s["temporal_window"] = int(window)
+    checked = EditSettings(**s)
+    object.__setattr__(checked, "checked", True)  # frozen: only this method marks a copy as checked
+    return checked
 
-  def _prompt_notes(self, s: dict[str, Any]) -> list[str]:
+  def _prompt_notes(self, prompt: str, negative_prompt: str, strict_prompt: bool) -> list[str]:
     """Warnings naming what tokenizing the prompts changes or drops; InputError instead under strict_prompt."""
     if self.model.config.content != "text":
       return []
     tokenizer = self.model_dir.tokenizer
     notes = []
-    for name, losses in zip(("prompt", "negative_prompt"), tokenizer.losses([s["prompt"], s["negative_prompt"]])):
-      text = s[name]
+    for name, losses in zip(("prompt", "negative_prompt"), tokenizer.losses([prompt, negative_prompt])):
+      text = prompt if name == "prompt" else negative_prompt
       if losses.unknown:
         words = ", ".join(repr(w) for w in losses.unknown)
-        if s["strict_prompt"]:
+        if strict_prompt:
           known = [w for w in tokenizer.known_words() if w.isalpha()]
           # A small word-level vocabulary (the toy one: 32 words) is listed whole; a larger one by its folder.
           vocabulary = ", ".join(known) if len(known) <= 40 else (
@@ -331,31 +371,31 @@ class VideoEditPipeline:
                      "token <unk> (pass strict_prompt / --strict-prompt to refuse such prompts)")
       if losses.truncated:
         context = f"the {tokenizer.context_length}-token context"
-        if s["strict_prompt"]:
+        if strict_prompt:
           raise InputError(f"{name} {text!r}", f"is longer than {context}: {losses.truncated!r} would be dropped",
                            "shorten it, or drop strict_prompt (--strict-prompt) to run without its end")
         notes.append(f"{name} {text!r} is longer than {context}; dropped: {losses.truncated!r}")
     return notes
 
-  def _read_inputs(self, s: dict[str, Any], notes: list[str]):
+  def _read_inputs(self, s: EditSettings, notes: list[str]):
     """-> frames uint8 (T, H, W, 3) | None, depth float32 (T, H, W) | None, keep bool (T|1, H, W) | None, image."""
     frames = depth = keep = None
-    select = dict(num_frames=s["num_frames"], stride=s["stride"], start_sec=s["start_sec"])
-    if s["video"] is not None:
-      frames = edit_inputs.read_video_input(s["video"], **select)
-    if s["depth"] is not None:  # selected as the video's frames are
-      depth = edit_inputs.read_depth_input(s["depth"], **select)
+    select = dict(num_frames=s.num_frames, stride=s.stride, start_sec=s.start_sec)
+    if s.video is not None:
+      frames = edit_inputs.read_video_input(s.video, **select)
+    if s.depth is not None:  # selected as the video's frames are
+      depth = edit_inputs.read_depth_input(s.depth, **select)
       if frames is not None and len(depth) != len(frames):
         raise InputError("depth", f"has {len(depth)} frames for a {len(frames)}-frame video",
                          "pass one depth map per selected video frame")
     source_hw = (frames if frames is not None else depth).shape[1:3]
-    if s["mask"] is not None:
-      keep = edit_inputs.read_mask_input(s["mask"], num_frames=len(frames), size=source_hw)
-    content_image = edit_inputs.read_image_input(s["image"]) if s["image"] is not None else None
+    if s.mask is not None:
+      keep = edit_inputs.read_mask_input(s.mask, num_frames=len(frames), size=source_hw)
+    content_image = edit_inputs.read_image_input(s.image) if s.image is not None else None
     # One geometry for frames, depth and mask: scale and centre-crop to the model's size multiple.
     m = self.size_multiple
-    if s["height"] is not None:
-      target = (s["height"], s["width"])
+    if s.height is not None:
+      target = (s.height, s.width)
       scaled = edit_inputs.scaled_size(source_hw, target, None)
       if frames is not None:
         frames = video_io.resize_center_crop(frames, *target)
@@ -363,23 +403,23 @@ class VideoEditPipeline:
         notes.append(f"input resized and centre-cropped from {source_hw[1]}x{source_hw[0]} to {target[1]}x{target[0]}")
     else:
       # Names the real cause: frames too small, or a thin strip that max_side shrinks below the multiple.
-      video_io.check_fits_multiple(*source_hw, m, s["max_side"], name="input")
-      scaled = edit_inputs.scaled_size(source_hw, source_hw, s["max_side"])
+      video_io.check_fits_multiple(*source_hw, m, s.max_side, name="input")
+      scaled = edit_inputs.scaled_size(source_hw, source_hw, s.max_side)
       target = (scaled[0] // m * m, scaled[1] // m * m)
       if frames is not None:
-        frames, message = video_io.fit_to_multiple(frames, m, s["max_side"])
+        frames, message = video_io.fit_to_multiple(frames, m, s.max_side)
         if message:
           notes.append(message)
       elif tuple(target) != tuple(source_hw):
         notes.append(f"depth changed from {source_hw[1]}x{source_hw[0]} to {target[1]}x{target[0]}: sides must be "
-                     f"multiples of {m} and at most {s['max_side']}")
+                     f"multiples of {m} and at most {s.max_side}")
     if depth is not None:
       depth = np.clip(edit_inputs.fit_maps(depth, scaled, target), 0.0, 1.0)
     if keep is not None:
       keep = edit_inputs.fit_maps(keep.astype(np.float32), scaled, target) > 0.5
     return frames, depth, keep, content_image
 
-  def _check_length(self, t: int, s: dict[str, Any]) -> None:
+  def _check_length(self, t: int, s: EditSettings) -> None:
     trained = self.trained_frames
     if trained and t > trained and self.max_temporal_window is None:
       raise InputError(f"{t} frames", f"more than the {trained} this model was trained on, and it has no causal "
@@ -389,42 +429,16 @@ class VideoEditPipeline:
       raise InputError(f"{t} frames", f"more than the model's {max_frames} frame-index embeddings",
                        f"pass num_frames <= {max_frames}")
 
-  def _encode_content(self, s: dict[str, Any], image: np.ndarray | None) -> tuple[jax.Array, jax.Array]:
+  def _encode_content(self, s: EditSettings, image: np.ndarray | None) -> tuple[jax.Array, jax.Array]:
+    """-> (context, null context); an empty negative prompt is the model's own null content."""
     if self.model.config.content == "text":
-      tokens = self.model_dir.tokenizer([s["prompt"], s["negative_prompt"]])
-      both = self._content(self.params, jnp.asarray(tokens), None)
-      return both[:1], both[1:]
-    from vidjax.models.clip import encode_image, preprocess_images
-
+      negative = self.model_dir.tokenizer([s.negative_prompt]) if s.negative_prompt else None
+      return generate.encode_content(self.model, self.params, tokens=self.model_dir.tokenizer([s.prompt]),
+                                     negative_tokens=negative)
     config = self.model.config.image_encoder
     pixels = preprocess_images(image[None], config.image_size)
     embeds = encode_image(config, self.model_dir.params["image_encoder"], pixels)["image_embeds"]
-    return self._content(self.params, None, embeds), self.model.null_content(self.params, 1)
-
-  def _sampler(self, steps: int, temporal: bool) -> Sampler:
-    scheduler = self.model_dir.scheduler
-    config = SamplingConfig(num_inference_steps=steps, prediction_type=self.model.config.prediction_type,
-                            spacing=scheduler.get("timestep_spacing", "leading"),
-                            steps_offset=int(scheduler.get("steps_offset", 1)),
-                            set_alpha_to_one=bool(scheduler.get("set_alpha_to_one", False)),
-                            temporal_guidance=temporal)
-    if config not in self._samplers:
-      self._samplers[config] = Sampler(self.model.unet, self.model.schedule, config)
-    return self._samplers[config]
-
-  def _sample(self, s, cond, context, null_context, source_latents, keep, latent_hw, t) -> jax.Array:
-    shape = (1, t, *latent_hw, self.model.config.vae.latent_channels)
-    noise_key, step_key = jax.random.split(jax.random.key(s["seed"]))
-    sampler = self._sampler(s["num_inference_steps"], s["temporal_guidance"] != 1.0)
-    keep_mask = None
-    if keep is not None:
-      keep_mask = jnp.asarray(_latent_mask(keep, t, latent_hw))[None]
-    sdedit = s["strength"] < 1.0
-    return sampler(self.params["unet"], jax.random.normal(noise_key, shape), context, null_context, structure=cond,
-                   rng=step_key, guidance_scale=s["guidance_scale"], temporal_scale=s["temporal_guidance"],
-                   eta=s["eta"], temporal_window=s["temporal_window"],
-                   init_latents=source_latents if sdedit else None, strength=s["strength"] if sdedit else 1.0,
-                   keep_mask=keep_mask, source_latents=source_latents if keep is not None else None)
+    return generate.encode_content(self.model, self.params, image_embeds=embeds)
 
 
 def _latent_mask(keep: np.ndarray, t: int, latent_hw: tuple[int, int]) -> np.ndarray:
@@ -436,16 +450,11 @@ def _latent_mask(keep: np.ndarray, t: int, latent_hw: tuple[int, int]) -> np.nda
 
 
 def _check_number(name: str, value: Any, low: float | None, high: float | None, fix: str) -> None:
-  ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and np.isfinite(value)
-  if not ok or (low is not None and value < low) or (high is not None and value > high):
-    bounds = f"[{low}, {'inf' if high is None else high}]"
-    raise InputError(name, f"{value!r} is outside {bounds}", fix)
+  check_number(name, value, low, high, fix)
 
 
 def _check_int(name: str, value: Any, low: int | None, high: int | None, fix: str) -> None:
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-    raise InputError(name, f"{value!r} is not an integer", fix)
-  _check_number(name, int(value), low, high, fix)
+  check_number(name, value, low, high, fix, integer=True)
 
 
 def _describe(value: Any) -> Any:
@@ -461,14 +470,3 @@ def _describe(value: Any) -> Any:
 def _progress_bar(enabled: bool):
   from tqdm.auto import tqdm
   return tqdm(total=len(STAGES), desc="vidjax edit", unit="stage", disable=not enabled, leave=False)
-
-
-def _load_depth_estimator(path: str):
-  from vidjax.convert import pretrained
-  from vidjax.models.depth import DepthEstimator
-
-  if os.path.isfile(os.path.join(path, pretrained.CONFIG_FILE)) and "depth_estimator" in pretrained.read_manifest(
-      path)["components"]:
-    config, params = pretrained.load_pretrained(path, ("depth_estimator",))["depth_estimator"]
-    return DepthEstimator(config, params, **pretrained.read_manifest(path).get("depth_estimator_kwargs", {}))
-  return DepthEstimator.from_pretrained(path)

@@ -3,10 +3,12 @@
   vidjax edit --video in.mp4 --prompt "a red cube on a checkered floor at night" --out edit.mp4
   vidjax edit --depth depth.npy --prompt "..." --num-frames 32 --temporal-window 8   # depth only, long clip
   vidjax edit --prompt "a blue sphere on a grass floor"   # a toy-world clip, the embedded toy checkpoint
-  vidjax edit --video in.mp4 --prompt "..." --sweep temporal_guidance=0.5,1,1.5 --out tg.mp4
+  vidjax edit --video in.mp4 --prompt "..." --sweep temporal_guidance_scale=0.5,1,1.5 --out tg.mp4
 
-Every flag maps onto `VideoEditPipeline.__call__` (or `from_pretrained`); unset flags keep the
-pipeline's defaults. With neither --video nor --depth, a toy-world clip (`toyworld.render_clip`,
+Every flag maps onto `VideoEditPipeline.__call__` (or `from_pretrained`) under the same name, dashes for
+underscores (`--temporal-guidance-scale` is `temporal_guidance_scale`; the older `--temporal-guidance`
+and `--steps` are aliases); unset flags keep the pipeline's defaults. Settings are checked once, every
+sweep value before the first edit. With neither --video nor --depth, a toy-world clip (`toyworld.render_clip`,
 --toy-seed) at the checkpoint's trained size, length and stride is the input.
 
 Outputs, for --out STEM.SUFFIX (.mp4 or .gif):
@@ -31,7 +33,6 @@ import argparse
 import contextlib
 import inspect
 import json
-import math
 import os
 import sys
 import warnings
@@ -41,18 +42,16 @@ import numpy as np
 
 from vidjax import toyworld
 from vidjax.data import video_io
-from vidjax.errors import EXIT_ERROR, EXIT_OK, InputError, VidjaxError, atomic_path
+from vidjax.errors import EXIT_ERROR, EXIT_OK, InputError, VidjaxError, atomic_path, is_number
 from vidjax.pipelines import edit_inputs
 from vidjax.pipelines.edit import EditResult, VideoEditPipeline
-from vidjax.pipelines.model_dir import SAMPLING_DEFAULTS
+from vidjax.sampling.settings import NUMERIC_SETTINGS, SAMPLING_DEFAULTS, parse_setting
 
 OUTPUT_SUFFIXES = (".mp4", ".gif")
 DEFAULT_FPS = 8.0
 DEFAULT_TOY_SEED = 1_000_000  # held out: toy training uses scene seeds 0..2047 (vidjax.eval.toy_edit)
 # Settings `--sweep` varies, with the type their values parse as.
-SWEEPABLE = {"structure_fidelity": int, "temporal_guidance": float, "guidance_scale": float, "strength": float,
-             "seed": int, "temporal_window": int, "eta": float, "num_inference_steps": int}
-_SWEEP_ALIASES = {"steps": "num_inference_steps"}  # the flag's name
+SWEEPABLE = NUMERIC_SETTINGS
 # The keyword arguments of VideoEditPipeline.__call__ with their defaults (the one source of defaults).
 _CALL_DEFAULTS = {name: p.default for name, p in inspect.signature(VideoEditPipeline.__call__).parameters.items()
                   if name not in ("self", "progress")}
@@ -87,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"t_s, within the checkpoint's trained range (default {d['structure_fidelity']})")
   sampling.add_argument("--guidance-scale", type=float, metavar="W",
                         help=f"omega (default: the checkpoint's, else {m['guidance_scale']})")
-  sampling.add_argument("--temporal-guidance", type=float, metavar="W_T",
-                        help=f"omega_t: 1 off, > 1 smoother (default: the checkpoint's, else {m['temporal_guidance']})")
-  sampling.add_argument("--steps", type=int, metavar="N", dest="num_inference_steps",
+  sampling.add_argument("--temporal-guidance-scale", "--temporal-guidance", type=float, metavar="W_T",
+                        dest="temporal_guidance_scale", help="omega_t: 1 off, > 1 smoother (default: the "
+                        f"checkpoint's, else {m['temporal_guidance_scale']})")
+  sampling.add_argument("--num-inference-steps", "--steps", type=int, metavar="N", dest="num_inference_steps",
                         help=f"DDIM steps (default: the checkpoint's, else {m['num_inference_steps']})")
   sampling.add_argument("--eta", type=float, metavar="ETA",
                         help=f"DDIM eta, 0 = deterministic (default: the checkpoint's, else {m['eta']})")
@@ -119,24 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_sweep(text: str) -> tuple[str, list[int | float]]:
-  """'temporal-guidance=0.5,1,1.5' -> ('temporal_guidance', [0.5, 1.0, 1.5]); InputError when malformed."""
-  name, sep, values = text.partition("=")
-  name = name.strip().lower().replace("-", "_")
-  name = _SWEEP_ALIASES.get(name, name)
-  if not sep or not name:
-    raise InputError(f"--sweep {text}", "is not a setting and its values (NAME=V1,V2,...)",
-                     "e.g. --sweep temporal_guidance=0.5,1,1.5")
-  if name not in SWEEPABLE:
-    raise InputError(f"--sweep {name}", "is not a setting that can be swept", f"use one of {', '.join(SWEEPABLE)}")
-  kind, parsed = SWEEPABLE[name], []
-  for value in values.split(","):
-    try:
-      parsed.append(kind(value.strip()))
-    except ValueError:
-      what = "integers" if kind is int else "numbers"
-      raise InputError(f"--sweep {name}", f"value {value.strip()!r} is not one of the {what} it takes",
-                       f"pass comma-separated {what}, e.g. {name}=1,2") from None
-  return name, parsed
+  """'temporal-guidance=0.5,1,1.5' -> ('temporal_guidance_scale', [0.5, 1.0, 1.5]); InputError when malformed."""
+  return parse_setting(text, "--sweep", SWEEPABLE)
 
 
 def output_paths(out: str, *, sweep: bool) -> dict[str, str]:
@@ -176,7 +160,7 @@ def _check_args(args: argparse.Namespace) -> None:
   for name, path in (("--checkpoint", args.checkpoint), ("--depth-model", args.depth_estimator)):
     if path is not None and not os.path.isdir(path):
       raise InputError(path, f"the {name} folder does not exist", f"pass an existing folder as {name}")
-  if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+  if args.fps is not None and not (is_number(args.fps) and args.fps > 0):
     raise InputError("--fps", f"{args.fps!r} is not a positive frame rate", "pass --fps > 0")
   for name in ("num_frames", "stride"):  # the toy clip and the output rate use them before the pipeline
     value = getattr(args, name)
@@ -278,15 +262,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> list[str]:
   cli_notes = []
   if sweep is not None and sweep[0] in call:
     cli_notes.append(f"--sweep {sweep[0]} replaces the value {call[sweep[0]]!r} given by its own flag")
-  # Every sweep value is checked before the first edit, so a bad third value costs no sampling.
-  for c in calls:
-    pipe.check_settings(**{**_CALL_DEFAULTS, **c})
+  # Every sweep value is checked before the first edit (once: `edit` does not check again), so a bad
+  # third value costs no sampling.
+  checked = [pipe.check_settings(**c) for c in calls]
 
   results, notes = [], list(cli_notes)
   # The pipeline's notes come back in result.settings["warnings"]: printed once each, as one line.
   with warnings.catch_warnings(record=True) as caught:
-    for c in calls:
-      results.append(pipe(**c))
+    for settings in checked:
+      results.append(pipe.edit(settings))
   for result in results:
     notes += [n for n in result.settings["warnings"] if n not in notes]
   notes += [str(w.message) for w in caught if str(w.message) not in notes]  # others than the pipeline's notes

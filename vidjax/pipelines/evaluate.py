@@ -48,6 +48,7 @@ from vidjax.eval import job, page, toy_edit, toy_metrics
 from vidjax.parallel import maybe_initialize_distributed
 from vidjax.pipelines import eval_protocols
 from vidjax.pipelines.edit import VideoEditPipeline
+from vidjax.train.main import resolve_config_flags
 
 PROTOCOLS = ("toy", "folder", "ucf101")
 # The converted weights each video protocol needs (required, optional), checked before any work.
@@ -59,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
   if any(a in ("-h", "--help") for a in argv):
     print(__doc__)
     return 0
-  # Fresh flags per call: config_flags finds the --config.* overrides in the argv it is given.
-  argv = ["vidjax evaluate"] + argv
+  # Fresh flags per call: config_flags finds the --config.* overrides in the argv it is given. The config
+  # is found by path as `vidjax train`'s (a bare configs/eval/NAME.py falls back to the installed copy).
+  argv = ["vidjax evaluate"] + resolve_config_flags(argv)
   flag_values = flags.FlagValues()
   config = config_flags.DEFINE_config_file("config", None, "evaluation protocol config (configs/eval/*.py)",
                                            flag_values=flag_values, lock_config=True, sys_argv=argv)
@@ -136,7 +138,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     case = by_key[key]
     result = pipe[0](depth=case.source.disparity, prompt=case.target_caption, seed=case.seed,
                      num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-                     temporal_guidance=1.0)
+                     temporal_guidance_scale=1.0)
     output = np.asarray(result.frames)
     grid = video_io.make_grid([case.source.rgb, output, case.target.rgb], ["source", "output", "target"])
     video_io.write_video(os.path.join(workdir, "videos", key + ".gif"), grid)

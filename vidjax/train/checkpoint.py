@@ -35,6 +35,7 @@ from absl import logging
 from etils import epath
 
 import vidjax
+from vidjax import tree
 from vidjax.errors import InputError
 
 _ATOMICITY = ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.COMMIT_FILE)
@@ -205,11 +206,12 @@ class Checkpointer:
     return self._manager.item_metadata(step)["state"].tree
 
   def _restore_state(self, step: int, target: Any, *, partial: bool = False) -> Any:
-    """The 'state' item into `target`'s shardings; `partial` reads only target's top-level subtrees."""
+    """The 'state' item into `target`'s shardings; `partial` reads only target's subtrees (any paths of
+    {'params': ..., 'ema_params': ...})."""
     saved = self._saved_tree(step)
-    if partial:  # {'params': {component: ...}, ...}: compare the parts that will be read
-      saved = {key: {name: saved[key][name] for name in part if name in saved.get(key, {})}
-               for key, part in target.items()}
+    if partial:  # compare the parts that will be read
+      wanted = tree.flatten(target)
+      saved = tree.unflatten({path: leaf for path, leaf in tree.flatten(saved).items() if path in wanted})
     _check_tree(saved, target, f"{self.directory}/{step}")
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
     return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
@@ -257,8 +259,8 @@ def load_params(path: str | os.PathLike, abstract_params: Mapping[str, Any] | No
     abstract_params: {component: tree of ShapeDtypeStructs with target shardings}, like
       TrainState.params; None reads every saved component as it was saved, onto one device (for
       `init_from` into a model of another structure, merged by `surgery.merge_params`).
-    use_ema: take each component's EMA weights where the checkpoint has them; components
-      without EMA (frozen ones) come from params.
+    use_ema: take the EMA weights where the checkpoint has them (the trainable params); the
+      others (frozen ones) come from params.
   Raises:
     InputError: not a finished vidjax checkpoint, or weights that do not match `abstract_params`.
   """
@@ -269,10 +271,11 @@ def load_params(path: str | os.PathLike, abstract_params: Mapping[str, Any] | No
       abstract_params = jax.tree_util.tree_map(
           lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), checkpointer._saved_tree(step)["params"],
           is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-    ema = checkpointer._saved_tree(step).get("ema_params", {}) if use_ema else {}
-    source = {name: "ema_params" if name in ema else "params" for name in abstract_params}
-    target = {}
-    for name, tree in abstract_params.items():
-      target.setdefault(source[name], {})[name] = tree
+    saved_ema = checkpointer._saved_tree(step).get("ema_params", {}) if use_ema else {}
+    wanted = tree.flatten(abstract_params)
+    ema = {path: wanted.pop(path) for path in tree.flatten(saved_ema) if path in wanted}
+    target = {"params": tree.unflatten(wanted)}
+    if ema:
+      target["ema_params"] = tree.unflatten(ema)
     restored = checkpointer._restore_state(step, target, partial=True)
-  return {name: restored[source[name]][name] for name in abstract_params}
+  return tree.unflatten({**tree.flatten(restored["params"]), **tree.flatten(restored.get("ema_params", {}))})

@@ -16,43 +16,21 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidjax.data.loader import Loader, tokenize
+from vidjax.data.loader import Loader
 from vidjax.errors import ConfigError
 from vidjax.models import flops
-from vidjax.models.clip import CLIPTextConfig, CLIPVisionConfig
-from vidjax.models.unet import UNetConfig
-from vidjax.models.vae import VAEConfig
-from vidjax.models.video_model import ModelConfig, VideoDiffusionModel
+from vidjax.models.build import build_model
 from vidjax.parallel import mesh as mesh_lib
-from vidjax.pipelines.generate import generate
 from vidjax.parallel import sharding as sharding_lib
+from vidjax.sampling import generate
 from vidjax.train import state as state_lib
 from vidjax.train import surgery
 from vidjax.train.checkpoint import Checkpointer
 from vidjax.train.logging import MetricWriter, ProgressLine, model_flops_utilization
 from vidjax.train.step import make_train_step
-
-
-def _tuples(d: ml_collections.ConfigDict) -> dict[str, Any]:
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in d.to_dict().items()}
-
-
-def build_model(config: ml_collections.ConfigDict) -> VideoDiffusionModel:
-  """The VideoDiffusionModel a config describes (null tokens from the data's tokenizer)."""
-  m = config.model
-  text, null_tokens = None, ()
-  if m.content == "text":
-    text = CLIPTextConfig(**_tuples(m.text_encoder))
-    null_tokens = tuple(int(i) for i in tokenize([""], config.data.tokenizer_dir, config.data.max_caption_tokens)[0])
-  image = CLIPVisionConfig(**_tuples(m.image_encoder)) if m.content == "image" else None
-  return VideoDiffusionModel(ModelConfig(
-      unet=UNetConfig(**_tuples(m.unet)), vae=VAEConfig(**_tuples(m.vae)), text_encoder=text, image_encoder=image,
-      structure=m.structure, content=m.content, null_tokens=null_tokens, prediction_type=m.prediction_type,
-      beta_schedule=m.beta_schedule))
 
 
 class _Preemption:
@@ -74,8 +52,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   abstract_params = jax.eval_shape(model.init, rng)
   labels = state_lib.trainable_labels(abstract_params, config.train.trainable)
   tx = state_lib.make_optimizer(config.train, labels)
-  components = state_lib.ema_components(labels)
-  create = lambda key: state_lib.create_state(model.init, tx, components, key)
+  create = lambda key: state_lib.create_state(model.init, tx, labels, key)
   abstract_state = jax.eval_shape(create, rng)
   shardings = state_lib.state_shardings(abstract_state, mesh, rules)
 
@@ -92,8 +69,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = jax.jit(lambda key: sharding_lib.unbox(create(key)), out_shardings=shardings)(rng)
     if config.init_from:
       params = _init_from(config, state.params, shardings.params)
-      ema = {k: jax.tree_util.tree_map(jnp.copy, params[k]) for k in state.ema_params}  # own buffers: both are donated
-      state = state.replace(params=params, ema_params=ema)
+      state = state.replace(params=params, ema_params=state_lib.ema_like(params, state.ema_params))  # own buffers
 
   step_fn = jax.jit(make_train_step(model, tx, labels, config.train),
                     in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
@@ -114,7 +90,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       monitor.after_dispatch(step, metrics, local, image_mode, checkpointer)  # reads the previous step
       step += 1
       if config.log.sample_every_steps and step % config.log.sample_every_steps == 0 and monitor.sample_conditioning:
-        monitor.writer.video(step, "samples/ema", _sample(model, state, monitor.sample_conditioning, config, step)[0])
+        video = sample_summary(model, state_lib.with_ema(state.params, state.ema_params), monitor.sample_conditioning,
+                               num_inference_steps=config.log.sample_num_inference_steps, seed=step)
+        monitor.writer.video(step, "samples/ema", video[0])
       if step % config.checkpoint.every_steps == 0 or step == config.train.num_steps:
         monitor.flush(checkpointer)
         save()
@@ -147,7 +125,7 @@ class _Monitor:
 
   def after_dispatch(self, step, metrics, local, image_mode, checkpointer):
     if self.sample_conditioning is None and not image_mode:
-      self.sample_conditioning = {k: local[k][:1] for k in ("depth", "tokens", "image_embeds") if k in local}
+      self.sample_conditioning = sample_conditioning(local)
     self.flush(checkpointer)
     self.pending = (step, metrics, _batch_shape(local), image_mode)
 
@@ -220,8 +198,25 @@ def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardi
   return jax.device_put(merged, shardings)
 
 
-def _sample(model, state, conditioning, config, step) -> np.ndarray:
-  """A video from the EMA params on fixed conditioning (the run's first video clip): uint8 (1, T, H, W, 3)."""
-  params = {**state.params, **state.ema_params}
-  return generate(model, params, jnp.asarray(conditioning["depth"]), seed=step, steps=config.log.sample_steps,
-                  **{k: jnp.asarray(v) for k, v in conditioning.items() if k != "depth"})
+def sample_conditioning(batch: dict[str, Any]) -> dict[str, Any]:
+  """The sample summaries' fixed conditioning: the first clip of a video batch, as the loader gave it.
+
+  The depth comes blurred by the clip's t_s, so its `structure_fidelity` comes too: a 'depth_latent'
+  model reads t_s as channels, and must see the value the depth was blurred with.
+  """
+  return {k: batch[k][:1] for k in ("depth", "structure_fidelity", "tokens", "image_embeds") if k in batch}
+
+
+def sample_summary(model, params, conditioning: dict[str, Any], *, num_inference_steps: int, seed: int) -> np.ndarray:
+  """A video of the sample summaries on fixed conditioning, through the one sampling path.
+
+  Args:
+    params: the model's params (EMA ones during training).
+    conditioning: 'depth' (B, T, H, W, 1) as the loader gives it (after its t_s blur), its
+      'structure_fidelity' (B,) (default 0), and 'tokens' (B, L) or 'image_embeds' (B, D).
+  Returns:
+    uint8 (B, T, H, W, 3).
+  """
+  content = {k: conditioning[k] for k in ("tokens", "image_embeds") if k in conditioning}
+  return generate.generate(model, params, conditioning["depth"], seed=seed, num_inference_steps=num_inference_steps,
+                           structure_fidelity=conditioning.get("structure_fidelity"), **content)

@@ -8,22 +8,34 @@ Runs, in order, what the config asks for:
   3. the main stage, `train_and_evaluate`;
   4. `final_edit.enabled`: edit a held-out toy clip (its depth, a new caption) into `<workdir>/edit.mp4`.
 Relaunching with the same workdir resumes wherever the job stopped.
+
+Configs are found by path, as big_vision's: `--config configs/toy.py` is that file of the current
+folder (a checkout); where it does not exist, a bare `configs/NAME.py` is the copy installed with
+vidjax (`vidjax/configs`, mapped from the checkout's configs/ by pyproject.toml). The config files'
+own `from configs import base` reads the folder the config file is in: `configs` is bound to it for
+the run, not installed as a top-level package.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+import vidjax
 from vidjax.errors import ConfigError
+
+# Where a wheel installs the experiment configs (pyproject.toml maps configs/ to vidjax.configs).
+INSTALLED_CONFIGS = os.path.join(os.path.dirname(vidjax.__file__), "configs")
 
 _FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", flag_values=_FLAGS,
-                                          lock_config=False)
+                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and samples go", flag_values=_FLAGS)
 
 
@@ -32,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
   if any(a in ("-h", "--help") for a in argv):
     print(__doc__)
     return 0
+  argv = resolve_config_flags(argv)
   try:
     _FLAGS(["vidjax train"] + argv)
   except flags.Error as e:
@@ -40,6 +53,63 @@ def main(argv: list[str] | None = None) -> int:
   if _CONFIG.value is None or not _WORKDIR.value:
     raise ConfigError("vidjax train", "--config and --workdir are required", "e.g. --config configs/toy.py --workdir runs/toy")
   return run(_CONFIG.value, _WORKDIR.value)
+
+
+def resolve_config(path: str) -> str:
+  """--config PATH[:ARGS] -> the file it names (see the module docstring), with `configs` bound to its folder."""
+  file, sep, rest = path.partition(":")
+  parts = os.path.normpath(file).split(os.sep)
+  if not os.path.isfile(file) and not os.path.isabs(file) and parts[0] == "configs":
+    installed = os.path.join(INSTALLED_CONFIGS, *parts[1:])
+    if os.path.isfile(installed):
+      file = installed
+  bind_configs_package(os.path.dirname(os.path.abspath(file)))
+  return file + sep + rest
+
+
+def bind_configs_package(folder: str) -> None:
+  """Makes `import configs` the package in `folder` (a configs/ folder with __init__.py) for this process."""
+  init = os.path.join(folder, "__init__.py")
+  if os.path.basename(folder) != "configs" or not os.path.isfile(init):
+    return
+  loaded = sys.modules.get("configs")
+  if loaded is not None and os.path.dirname(os.path.abspath(getattr(loaded, "__file__", "") or "")) == folder:
+    return
+  for name in [n for n in sys.modules if n == "configs" or n.startswith("configs.")]:
+    del sys.modules[name]  # another folder's configs: the config file's own folder wins
+  spec = importlib.util.spec_from_file_location("configs", init, submodule_search_locations=[folder])
+  module = importlib.util.module_from_spec(spec)
+  sys.modules["configs"] = module
+  spec.loader.exec_module(module)
+
+
+def resolve_config_flags(argv: list[str]) -> list[str]:
+  """argv with the path of its --config flag resolved by `resolve_config` (also for `vidjax evaluate`)."""
+  return [_resolve_config_flag(a, argv[i - 1] if i else "") for i, a in enumerate(argv)]
+
+
+def _resolve_config_flag(arg: str, previous: str) -> str:
+  """Rewrites the path of `--config PATH` / `--config=PATH` (not `--config.x=...` overrides)."""
+  if arg.startswith("--config="):
+    return "--config=" + resolve_config(arg[len("--config="):])
+  if previous == "--config" and not arg.startswith("-"):
+    return resolve_config(arg)
+  return arg
+
+
+def with_values(config: ml_collections.ConfigDict, values: dict[str, object]) -> ml_collections.ConfigDict:
+  """A locked copy of `config` with the dotted fields of `values` set (existing fields only)."""
+  copy = config.copy_and_resolve_references()
+  for dotted, value in values.items():
+    *parents, leaf = dotted.split(".")
+    node = copy
+    for name in parents:
+      node = node[name]
+    if leaf not in node:
+      raise ConfigError(dotted, "is not a field of the config", "a stage may only fill fields the config defines")
+    node[leaf] = value
+  copy.lock()
+  return copy
 
 
 def run(config, workdir: str) -> int:
@@ -53,12 +123,16 @@ def run(config, workdir: str) -> int:
 
   start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
+  # The config is input only: each stage returns what it produced, and the next stages get a copy of
+  # the config with those values in place (`with_values`); the given config is left as it was.
   if config.data.get("build") and config.data.build.source:
-    toy.ensure_data(config, workdir)
+    data_dir, tokenizer_dir = toy.ensure_data(config, workdir)
+    config = with_values(config, {"data.data_dir": data_dir, "data.tokenizer_dir": tokenizer_dir})
   stage = config.get("vae_stage")
   if stage and stage.num_steps > 0 and (not config.init_from or stage.get("init_from")):
-    model = loop.build_model(config)
-    config.init_from = ",".join(p for p in (config.init_from, toy.train_vae_stage(config, model, workdir)) if p)
+    vae_dir, scaling_factor = toy.train_vae_stage(config, loop.build_model(config), workdir)
+    config = with_values(config, {"init_from": ",".join(p for p in (config.init_from, vae_dir) if p),
+                                  "model.vae.scaling_factor": scaling_factor})
   summary = loop.train_and_evaluate(config, workdir)
   if config.get("final_edit") and config.final_edit.enabled and summary["step"] >= config.train.num_steps:
     toy.final_edit(config, workdir)

@@ -3,7 +3,9 @@
 Which params train is decided by regex patterns over '/'-joined param paths ('unet/.*' trains the
 whole UNet; Make-Your-Video trains 'unet/.*temporal_.*' only). Frozen params get `set_to_zero`
 updates and no optimizer state, and XLA drops their weight gradients; they stay in `params` so that
-one tree holds the model. EMA is kept for the components that have trainable params.
+one tree holds the model. EMA is kept for the trainable params only (`ema_params` is the subtree of
+`params` at their paths): a frozen param's average is the param, so Make-Your-Video's frozen
+spatial UNet (about 6 GiB at full size) is not copied.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import ml_collections
 import optax
 
 from vidjax.errors import ConfigError
+from vidjax.tree import flatten, path_string, unflatten
 from vidjax.parallel import sharding as sharding_lib
 
 
@@ -29,12 +32,8 @@ class TrainState:
   step: jax.Array  # () int32
   params: dict[str, Any]  # {'unet': ..., 'vae': ..., 'text_encoder': ...}
   opt_state: optax.OptState
-  ema_params: dict[str, Any]  # the components with trainable params
+  ema_params: dict[str, Any]  # the trainable params only: the subtree of `params` at their paths
   rng: jax.Array  # (2,) uint32 key data
-
-
-def path_string(path: Sequence[Any]) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
 def trainable_labels(params: Any, patterns: Sequence[str]) -> Any:
@@ -75,28 +74,48 @@ def make_optimizer(config: ml_collections.ConfigDict, labels: Any) -> optax.Grad
   return tx
 
 
-def ema_components(labels: Mapping[str, Any]) -> tuple[str, ...]:
-  return tuple(k for k, v in labels.items() if "train" in jax.tree_util.tree_leaves(v))
+def trainable_subtree(tree: Mapping[str, Any], labels: Mapping[str, Any]) -> dict[str, Any]:
+  """The leaves of `tree` (params, or anything of their structure) whose label is 'train', as a nested dict."""
+  train = {path for path, label in flatten(labels).items() if label == "train"}
+  return unflatten({path: leaf for path, leaf in flatten(tree).items() if path in train})
+
+
+def ema_like(params: Mapping[str, Any], ema_params: Mapping[str, Any]) -> dict[str, Any]:
+  """Copies of the leaves of `params` at the paths of `ema_params` (an EMA restarted from `params`)."""
+  flat = flatten(params)
+  return unflatten({path: jnp.copy(flat[path]) for path in flatten(ema_params)})
+
+
+def with_ema(params: Mapping[str, Any], ema_params: Mapping[str, Any]) -> dict[str, Any]:
+  """`params` with the EMA in place where there is one (frozen params are their own average)."""
+  return unflatten({**flatten(params), **flatten(ema_params)})
+
+
+def update_ema(ema_params: Mapping[str, Any], params: Mapping[str, Any], decay: float | jax.Array) -> dict[str, Any]:
+  """One EMA step, decay * ema + (1 - decay) * param, on the paths `ema_params` holds."""
+  flat = flatten(params)
+  return unflatten({path: decay * e + (1 - decay) * flat[path] for path, e in flatten(ema_params).items()})
 
 
 def create_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                 components: Sequence[str], rng: jax.Array) -> TrainState:
-  """A fresh TrainState from an init function (boxed params keep their logical names)."""
+                 labels: Mapping[str, Any], rng: jax.Array) -> TrainState:
+  """A fresh TrainState from an init function (boxed params keep their logical names); EMA over the
+  params `labels` marks 'train'."""
   init_key, state_key = jax.random.split(rng)
   params = init_params(init_key)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    ema_params={k: params[k] for k in components}, rng=jax.random.key_data(state_key))
+                    ema_params=trainable_subtree(params, labels), rng=jax.random.key_data(state_key))
 
 
 def sharded_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                  components: Sequence[str], rng: jax.Array, mesh: jax.sharding.Mesh,
+                  labels: Mapping[str, Any], rng: jax.Array, mesh: jax.sharding.Mesh,
                   rules: Sequence[tuple[str, Any]]) -> tuple[TrainState, Any]:
   """Initialises the TrainState directly into its shardings; returns (state, shardings).
 
   Shapes come from `jax.eval_shape` (nothing allocated), shardings from the logical names (optimizer
   moments inherit their param's names), then one jit materialises each device's shards only.
   """
-  create = lambda key: create_state(init_params, tx, components, key)
+  create = lambda key: create_state(init_params, tx, labels, key)
   shardings = state_shardings(jax.eval_shape(create, rng), mesh, rules)
   state = jax.jit(lambda key: sharding_lib.unbox(create(key)), out_shardings=shardings)(rng)
   return state, shardings

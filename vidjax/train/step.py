@@ -27,6 +27,7 @@ import optax
 from vidjax import diffusion
 from vidjax.errors import ConfigError
 from vidjax.models.video_model import VideoDiffusionModel
+from vidjax.train import state as state_lib
 from vidjax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -74,8 +75,7 @@ def make_train_step(model: VideoDiffusionModel, tx: optax.GradientTransformation
     grad_norm = optax.global_norm(jax.tree_util.tree_map(lambda g, m: g if m else jnp.zeros_like(g), grads, train_mask))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = {k: jax.tree_util.tree_map(lambda e, p: config.ema_decay * e + (1 - config.ema_decay) * p,
-                                     state.ema_params[k], params[k]) for k in state.ema_params}
+    ema = state_lib.update_ema(state.ema_params, params, config.ema_decay)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if config.nonfinite == "skip":  # keep the old state, but count the step so the data moves on

@@ -21,7 +21,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from vidjax.convert import common, pretrained
+from vidjax import tree
+from vidjax.convert import pretrained
 from vidjax.errors import ConfigError
 from vidjax.train.checkpoint import load_params
 
@@ -62,7 +63,7 @@ def merge_params(target: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[
   into a float32 model trains in float32, not in float16 (slow on CPU, and Adam's small updates
   round away).
   """
-  target_flat, source_flat = common.flatten(target), common.flatten(source)
+  target_flat, source_flat = tree.flatten(target), tree.flatten(source)
   mismatched = [f"{'/'.join(p)}: {np.shape(source_flat[p])} vs {np.shape(v)}" for p, v in target_flat.items()
                 if p in source_flat and np.shape(source_flat[p]) != np.shape(v)]
   if mismatched:
@@ -73,7 +74,7 @@ def merge_params(target: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[
   report = MergeReport(copied=sum(p in source_flat for p in target_flat),
                        kept_init=["/".join(p) for p in target_flat if p not in source_flat],
                        unused=["/".join(p) for p in source_flat if p not in target_flat])
-  return common.unflatten(merged), report
+  return tree.unflatten(merged), report
 
 
 def widen_input_channels(unet_params: Mapping[str, Any], in_channels: int) -> dict[str, Any]:
@@ -90,11 +91,11 @@ def widen_input_channels(unet_params: Mapping[str, Any], in_channels: int) -> di
 def change_context_width(unet_params: Mapping[str, Any], context_dim: int, rng: jax.Array,
                          scale: float = 0.02) -> dict[str, Any]:
   """Re-initialises every cross-attention (attn2) to_k / to_v kernel for `context_dim` inputs."""
-  flat = common.flatten(unet_params)
+  flat = tree.flatten(unet_params)
   keys = iter(jax.random.split(rng, len(flat)))
   out = {}
   for path, value in flat.items():
     if len(path) >= 3 and path[-3] == "attn2" and path[-2] in ("to_k", "to_v") and "temporal" not in "/".join(path):
       value = np.asarray(jax.random.normal(next(keys), (context_dim, np.shape(value)[1]))) * scale
     out[path] = value
-  return common.unflatten(out)
+  return tree.unflatten(out)

@@ -12,21 +12,24 @@ import re
 import jax.numpy as jnp
 import ml_collections
 
-from data_pipelines import build_shards
 from vidjax import toyworld
-from vidjax.data import video_io
-from vidjax.data.loader import Loader, tokenize
+from vidjax.conditioning.tokens import tokenize
+from vidjax.data import shards, video_io
+from vidjax.data.loader import Loader
+from vidjax.data.sources import ClipSpec, ToySource
 from vidjax.errors import EXIT_OK, ConfigError, atomic_path
+from vidjax.models.build import build_model
 from vidjax.models.video_model import VideoDiffusionModel
-from vidjax.pipelines.generate import generate
+from vidjax.sampling import generate
 from vidjax.train import vae_stage
 from vidjax.train.checkpoint import load_params
 
 
-def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Builds the toy shards and tokenizer unless they are complete; points config.data at them.
+def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, str]:
+  """Builds the toy shards and tokenizer unless they are complete; returns (data_dir, tokenizer_dir).
 
-  They go where config.data.data_dir / tokenizer_dir say, or under `workdir` when those are empty.
+  They go where config.data.data_dir / tokenizer_dir say, or under `workdir` when those are empty
+  (the config is input only: the caller points the next stages at what this returns).
   """
   build = config.data.build
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
@@ -34,19 +37,20 @@ def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> None:
   if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
     toyworld.save_tokenizer(tokenizer_dir)
   if not os.path.exists(os.path.join(data_dir, "manifest.json")):
-    status = build_shards.main([
-        "--source", build.source, "--num_examples", str(build.num_examples), "--seed", str(build.seed),
-        "--num_frames", str(build.num_frames), "--stride", str(build.stride), "--height", str(build.size),
-        "--width", str(build.size), "--depth", "toy", "--examples_per_shard", str(build.examples_per_shard),
-        "--num_workers", str(build.num_workers), "--output_dir", data_dir,
-        *(["--with_masks"] if build.get("with_masks") else [])])
+    if build.source != "toy":
+      raise ConfigError("data.build.source", f"{build.source!r}: the main job builds toy shards only",
+                        "use 'toy', or build other data with `vidjax build-shards` and set data.data_dir")
+    spec = shards.BuildSpec(ToySource(build.num_examples, build.seed, bool(build.get("with_masks"))),
+                            ClipSpec(build.num_frames, build.stride, build.size, build.size), data_dir,
+                            depth_method="toy", examples_per_shard=build.examples_per_shard)
+    status = shards.build_shards(spec, build.num_workers, log=print).exit_status
     if status != EXIT_OK:
       raise ConfigError(data_dir, f"building the toy shards exited {status}", "see the messages above")
-  config.data.data_dir, config.data.tokenizer_dir = data_dir, tokenizer_dir
+  return data_dir, tokenizer_dir
 
 
-def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionModel, workdir: str) -> str:
-  """Trains the VAE first and sets its scaling factor; returns the directory `init_from` reads it from.
+def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionModel, workdir: str) -> tuple[str, float]:
+  """Trains the VAE first; returns (the directory `init_from` reads it from, the latents' scaling factor).
 
   The scaling factor makes the latents unit-variance (latent diffusion's scale_by_std): 1 / std of
   the posterior means of `vae_stage.scale_batches` batches, measured once and kept in a JSON file so
@@ -59,7 +63,7 @@ def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionMode
   encoder_trains = any(re.fullmatch(p, "vae/encoder/conv_in/kernel") for p in patterns)
   if not encoder_trains:
     print(f"VAE stage done: encoder frozen, scaling factor {config.model.vae.scaling_factor:.4f} kept")
-    return directory
+    return directory, float(config.model.vae.scaling_factor)
   if not os.path.exists(path):
     params = load_params(directory)
     loader_config = config.data.copy_and_resolve_references()
@@ -70,15 +74,13 @@ def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionMode
     with atomic_path(path) as tmp, open(tmp, "w") as f:
       json.dump({"scaling_factor": float(1.0 / jnp.std(jnp.stack(means)))}, f)
   with open(path) as f:
-    config.model.vae.scaling_factor = json.load(f)["scaling_factor"]
-  print(f"VAE stage done: scaling factor {config.model.vae.scaling_factor:.4f}")
-  return directory
+    scaling_factor = float(json.load(f)["scaling_factor"])
+  print(f"VAE stage done: scaling factor {scaling_factor:.4f}")
+  return directory, scaling_factor
 
 
 def final_edit(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Edits a held-out toy clip: its depth, a caption with new colours; writes `<workdir>/edit.mp4`."""
-  from vidjax.train.loop import build_model  # the loop imports this module
-
   model = build_model(config)
   edit = config.final_edit
   params = load_params(os.path.join(workdir, "checkpoints"), use_ema=True)
@@ -90,9 +92,9 @@ def final_edit(config: ml_collections.ConfigDict, workdir: str) -> str:
   clip = toyworld.render_clip(seed, num_frames=config.data.build.num_frames, height=config.data.build.size,
                               width=config.data.build.size, stride=config.data.build.stride)
   tokens = tokenize([caption], config.data.tokenizer_dir, config.data.max_caption_tokens)
-  depth = jnp.asarray(clip.disparity, jnp.float32)[None, ..., None] * 2.0 - 1.0
-  frames = generate(model, params, depth, tokens=jnp.asarray(tokens), seed=seed, steps=edit.steps,
-                    guidance_scale=edit.guidance_scale, temporal_scale=edit.temporal_scale)[0]
+  frames = generate.generate(model, params, clip.disparity[None, ..., None], tokens=tokens, seed=seed,
+                             num_inference_steps=edit.num_inference_steps, guidance_scale=edit.guidance_scale,
+                             temporal_guidance_scale=edit.temporal_guidance_scale)[0]
   out = os.path.join(workdir, "edit.mp4")
   grid = video_io.make_grid([clip.rgb, video_io.depth_to_rgb(clip.disparity), frames],
                             ["input", "depth", f"edit: {caption}"])

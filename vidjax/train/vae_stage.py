@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidjax.convert import common
+from vidjax import tree
 from vidjax.data.loader import Loader
 from vidjax.errors import ConfigError
 from vidjax.models.vae import AutoencoderKL
@@ -62,15 +62,15 @@ def start_from(params: dict[str, Any], labels: dict[str, Any], path: str) -> dic
   if "vae" not in source:
     raise ConfigError("vae_stage.init_from", f"{path} holds no VAE (components: {sorted(source)})",
                       "point at a training workdir, its vae_stage/checkpoints, or a pretrained directory")
-  target = common.flatten(jax.device_get(params["vae"]))
-  trains = {p: l == "train" for p, l in common.flatten(labels["vae"]).items()}
-  copied = {p: v for p, v in common.flatten(source["vae"]).items()
+  target = tree.flatten(jax.device_get(params["vae"]))
+  trains = {p: l == "train" for p, l in tree.flatten(labels["vae"]).items()}
+  copied = {p: v for p, v in tree.flatten(source["vae"]).items()
             if p in target and np.shape(v) == np.shape(target[p])}
   lost = ["/".join(p) for p in target if p not in copied and not trains[p]]
   if lost:
     raise ConfigError("vae_stage.init_from", f"frozen VAE params missing from {path} or reshaped: {lost[:5]}",
                       "train them (vae_stage.trainable) or use a VAE source of the same architecture")
-  merged, report = surgery.merge_params(params["vae"], common.unflatten(copied))
+  merged, report = surgery.merge_params(params["vae"], tree.unflatten(copied))
   print(f"VAE stage init_from {path}: {report}")
   return {"vae": jax.device_put(merged)}
 
@@ -98,11 +98,13 @@ def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: st
     (_, metrics), grads = grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=params), metrics
+    # No averaging in this stage: its "EMA" is the params themselves (what init_from and export read).
+    ema = state_lib.trainable_subtree(params, labels)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), metrics
 
   checkpointer = Checkpointer(directory, keep=1, async_save=False)
   loader = Loader(data)
-  create = lambda key: state_lib.create_state(init, tx, ("vae",), key)
+  create = lambda key: state_lib.create_state(init, tx, labels, key)
   if checkpointer.latest_step() is not None:
     abstract = jax.eval_shape(lambda key: unbox(create(key)), jax.random.key(0))
     state, data_state, _ = checkpointer.restore(abstract)
@@ -111,7 +113,7 @@ def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: st
     state = jax.jit(lambda key: unbox(create(key)))(jax.random.key(config.seed + 1))
     if stage.get("init_from"):
       params = start_from(state.params, labels, stage.init_from)
-      state = state.replace(params=params, ema_params=params)
+      state = state.replace(params=params, ema_params=state_lib.ema_like(params, state.ema_params))
   print(f"VAE stage: {stage.num_steps} steps on single frames")
   progress = ProgressLine(stage.num_steps, clips_per_step=data.batch_size * config.data.build.num_frames,
                           frames_per_clip=1, every=config.log.every_steps, start_step=int(state.step))

@@ -1,4 +1,4 @@
-"""The compiled sampler: parity of the whole DDIM + CFG loop with diffusers, and compile-once."""
+"""The compiled sampler (vidjax.sampling): parity of the whole DDIM + CFG loop with diffusers, and compile-once."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from vidjax.convert.diffusers_unet import convert_unet
 from vidjax.convert.diffusers_vae import convert_vae
 from vidjax.models.unet import UNetConfig, VideoUNet, init_inputs
 from vidjax.models.vae import AutoencoderKL, decode_video
-from vidjax.pipelines.sampling import Sampler, SamplingConfig
+from vidjax.sampling.sampler import Sampler, SamplingConfig
 
 SD2_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                      set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
@@ -78,14 +78,14 @@ def test_sixteen_frame_temporal_guidance_call_compiles_once():
   unet = VideoUNet(config)
   params = jax.jit(unet.init)(jax.random.key(0), **init_inputs(config, frames=2))["params"]
   sampler = Sampler(unet, diffusion.make_schedule(),
-                    SamplingConfig(num_inference_steps=25, temporal_guidance=True))
+                    SamplingConfig(num_inference_steps=25, with_temporal_guidance=True))
   shape = (1, 16, 32, 32)
 
   def call(seed, window):
     keys = jax.random.split(jax.random.key(seed), 3)
     return sampler(params, jax.random.normal(keys[0], shape + (4,)), jax.random.normal(keys[1], (1, 3, 8)),
                    jnp.zeros((1, 3, 8)), structure=jax.random.uniform(keys[2], shape + (1,)),
-                   guidance_scale=5.0 + seed, temporal_scale=1.5 - 0.1 * seed, temporal_window=window)
+                   guidance_scale=5.0 + seed, temporal_guidance_scale=1.5 - 0.1 * seed, temporal_window=window)
 
   first = call(0, 16)
   second = call(1, 8)  # new noise, prompt, depth, scales and window

@@ -29,7 +29,7 @@ class SamplingConfig:
   spacing: str = "leading"
   steps_offset: int = 1
   set_alpha_to_one: bool = False
-  temporal_guidance: bool = False  # Gen-1 Eq. 8 (3N batch) instead of plain CFG (2N batch)
+  with_temporal_guidance: bool = False  # Gen-1 Eq. 8 (3N batch) instead of plain CFG (2N batch)
 
 
 class Sampler:
@@ -42,7 +42,7 @@ class Sampler:
 
   def __call__(self, params: Any, noise: jax.Array, context: jax.Array, null_context: jax.Array, *,
                structure: jax.Array | None = None, rng: jax.Array | None = None,
-               guidance_scale: float | jax.Array = 7.5, temporal_scale: float | jax.Array = 1.0,
+               guidance_scale: float | jax.Array = 7.5, temporal_guidance_scale: float | jax.Array = 1.0,
                eta: float | jax.Array = 0.0, temporal_window: int | jax.Array | None = None,
                init_latents: jax.Array | None = None, strength: float | jax.Array = 1.0,
                keep_mask: jax.Array | None = None, source_latents: jax.Array | None = None) -> jax.Array:
@@ -54,7 +54,7 @@ class Sampler:
       context: (B, L, D) content tokens; null_context: (1 or B, L, D) the unconditional content.
       structure: (B, T, h, w, Cs) channels concatenated to the latents at every step, or None.
       rng: key for eta > 0 and masked editing.
-      guidance_scale: omega; temporal_scale: omega_t (used when config.temporal_guidance).
+      guidance_scale: omega; temporal_guidance_scale: omega_t (used when config.with_temporal_guidance).
       temporal_window: causal receptive field L_M (for causal temporal attention); None = the whole past.
       init_latents, strength: SDEdit; keep_mask (B, T, h, w, 1), source_latents: masked editing.
     Returns:
@@ -67,11 +67,11 @@ class Sampler:
     strength = (as_array(strength, jnp.float32) if init_latents is not None
                 else _require_default("strength", strength, 1.0, "pass init_latents"))
     return self._sample(params, noise, context, null_context, structure, rng,
-                        as_array(guidance_scale, jnp.float32), as_array(temporal_scale, jnp.float32),
+                        as_array(guidance_scale, jnp.float32), as_array(temporal_guidance_scale, jnp.float32),
                         eta, as_array(temporal_window, jnp.int32), init_latents, strength, keep_mask, source_latents)
 
-  def _sample_impl(self, params, noise, context, null_context, structure, rng, guidance_scale, temporal_scale, eta,
-                   temporal_window, init_latents, strength, keep_mask, source_latents):
+  def _sample_impl(self, params, noise, context, null_context, structure, rng, guidance_scale,
+                   temporal_guidance_scale, eta, temporal_window, init_latents, strength, keep_mask, source_latents):
     self.traces += 1  # runs only while tracing, i.e. once per compilation
     batch = noise.shape[0]
 
@@ -82,9 +82,9 @@ class Sampler:
                              temporal_window=temporal_window)
 
     c = self.config
-    if c.temporal_guidance:
+    if c.with_temporal_guidance:
       denoise = diffusion.temporal_guidance(model_fn, context=context, null_context=null_context,
-                                            scale=guidance_scale, temporal_scale=temporal_scale)
+                                            scale=guidance_scale, temporal_guidance_scale=temporal_guidance_scale)
     else:
       denoise = diffusion.classifier_free_guidance(model_fn, context=context, null_context=null_context,
                                                    scale=guidance_scale)

@@ -11,9 +11,9 @@ more than pixels: `toy` reads the toy world's ground truth and `folder` looks th
           (disparity, e.g. raw MiDaS output) of exactly the clip's frames after resize and crop;
           any scale, normalised per clip to [0, 1]. One .npy per clip, not per-frame PNGs, keeps
           float precision and needs one file open per clip.
-  dpt     the JAX DPT/MiDaS model of `vidjax.models.depth` with local weights (`depth_weights`);
-          that module is expected to provide `load_depth_model(weights) -> f(frames uint8
-          (T, H, W, 3)) -> float32 (T, H, W) relative inverse depth`.
+  dpt     the JAX DPT/MiDaS model of `vidjax.models.depth` with local weights (`depth_weights`),
+          loaded by the caller's `load_model(weights) -> f(frames uint8 (T, H, W, 3)) -> float32
+          (T, H, W) relative inverse depth` (`vidjax.convert.hf_dpt.load_depth_estimator`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from data_pipelines.sources import SourceClip
+from vidjax.data.sources import SourceClip
 from vidjax.errors import InputError
 
 
@@ -100,22 +100,20 @@ def check_depth_method(method: str, *, depth_dir: str | None = None,
                      "pass --depth_weights /path/to/dpt_weights (nothing is downloaded)")
 
 
-def _load_dpt(depth_weights: str) -> DepthEstimator:
-  try:
-    from vidjax.models import depth as depth_model  # pylint: disable=g-import-not-at-top
-    load = depth_model.load_depth_model
-  except (ImportError, AttributeError) as e:
-    raise InputError("--depth dpt", f"vidjax.models.depth.load_depth_model is unavailable ({e})",
-                     "use --depth folder with precomputed maps until the DPT model lands") from e
-  return ModelDepth(load(depth_weights))
+def make_depth_estimator(method: str, *, depth_dir: str | None = None, depth_weights: str | None = None,
+                         load_model: Callable[[str], Callable[[np.ndarray], np.ndarray]] | None = None
+                         ) -> DepthEstimator:
+  """Builds the named estimator; 'dpt' loads its weights here with `load_model(depth_weights)`.
 
-
-def make_depth_estimator(method: str, *, depth_dir: str | None = None,
-                         depth_weights: str | None = None) -> DepthEstimator:
-  """Builds the named estimator (a DPT model loads its weights here)."""
+  The model loader is passed in because models sit above this layer: the shard job
+  (`data_pipelines.build_shards`) passes `vidjax.convert.hf_dpt.load_depth_estimator`.
+  """
   check_depth_method(method, depth_dir=depth_dir, depth_weights=depth_weights)
   if method == "toy":
     return _toy_depth
   if method == "folder":
     return FolderDepth(depth_dir)
-  return _load_dpt(depth_weights)
+  if load_model is None:
+    raise InputError("--depth dpt", "no DPT model loader was given to the shard builder",
+                     "run `vidjax build-shards` (data_pipelines.build_shards), which loads DPT weights")
+  return ModelDepth(load_model(depth_weights))

@@ -1,0 +1,276 @@
+"""Builds ArrayRecord shards of video clips with depth and captions: the library side of `vidjax build-shards`.
+
+  spec = BuildSpec(ToySource(256, seed=0), ClipSpec(8, 2, 64, 64), "/data/toy", depth_method="toy")
+  report = build_shards(spec, num_workers=2, log=print)   # report.exit_status: 0, 3 (partial) or 2
+
+The command line (`data_pipelines/build_shards.py`) and the toy main job (`vidjax.train.toy`) both
+build through `build_shards`. Sources and depth methods: `vidjax.data.sources`,
+`vidjax.data.depth_estimators`; the record format: `vidjax.data.records`.
+
+Output folder: `shard-SSSSS-of-NNNNN.array_record` files, `manifest.json` (written last, so a folder
+with a manifest is complete), `skipped.jsonl` (one {"key", "source", "reason"} per skipped item),
+`warnings.jsonl` (one {"key", "source", "warning"} per change worth knowing, e.g. an upscaled video)
+and `done/<shard>.json` markers. Each shard is one task of `num_workers` processes. A shard is written
+under a temporary name and renamed, then its marker is written; a re-run reuses every shard whose
+marker matches this build and rebuilds the rest, so a killed run resumes where it stopped and never
+leaves a half-written shard under a final name. Shards whose items were all skipped are not listed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+from typing import Any, Callable
+
+import av
+import numpy as np
+
+import vidjax
+from vidjax.data import depth_estimators, records
+from vidjax.data.sources import ClipSpec, FolderSource, Item, TfdsSource, ToySource
+from vidjax.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, InputError, atomic_path
+
+DONE_DIR = "done"
+WARNINGS_NAME = "warnings.jsonl"
+# Per-item failures that skip the item instead of stopping the build: bad inputs, and decoder
+# errors that surface while decoding a stream.
+_ITEM_ERRORS = (InputError, av.FFmpegError)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildSpec:
+  """Everything that determines the shards' contents.
+
+  `encode_fn(frames uint8 (T, H, W, 3)) -> (T, h, w, 4)` caches VAE latents in the records; with
+  --num_workers > 1 it must be a module-level function (it is pickled to the workers).
+  """
+
+  source: ToySource | FolderSource | TfdsSource
+  clip: ClipSpec
+  output_dir: str
+  depth_method: str
+  depth_dir: str | None = None
+  depth_weights: str | None = None
+  examples_per_shard: int = 256
+  encode_fn: Callable[[np.ndarray], np.ndarray] | None = None
+  # 'dpt' depth: weights path -> f(frames) -> inverse depth (module-level: pickled to the workers).
+  load_depth_model: Callable[[str], Callable[[np.ndarray], np.ndarray]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardResult:
+  name: str
+  num_examples: int
+  skipped: list[dict[str, str]]
+  fields: dict[str, Any]  # records.FieldSpec.to_json() per field
+  reused: bool = False
+  warnings: list[dict[str, str]] = dataclasses.field(default_factory=list)  # {"key", "source", "warning"}
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildReport:
+  shards: list[ShardResult]
+  manifest_path: str | None
+
+  @property
+  def num_examples(self) -> int:
+    return sum(s.num_examples for s in self.shards)
+
+  @property
+  def skipped(self) -> list[dict[str, str]]:
+    return [item for s in self.shards for item in s.skipped]
+
+  @property
+  def warnings(self) -> list[dict[str, str]]:
+    return [item for s in self.shards for item in s.warnings]
+
+  @property
+  def exit_status(self) -> int:
+    if self.num_examples == 0:
+      return EXIT_ERROR
+    return EXIT_PARTIAL if self.skipped else EXIT_OK
+
+
+def plan_shards(items: list[Item], examples_per_shard: int) -> list[list[Item]]:
+  """Consecutive groups of `examples_per_shard` items (the last may be smaller)."""
+  return [items[i:i + examples_per_shard] for i in range(0, len(items), examples_per_shard)]
+
+
+def _fingerprint(spec: BuildSpec, name: str, items: list[Item]) -> str:
+  settings = {
+      "source": dataclasses.asdict(spec.source), "kind": spec.source.kind,
+      "clip": dataclasses.asdict(spec.clip), "depth": spec.depth_method,
+      "depth_dir": spec.depth_dir, "encode_fn": getattr(spec.encode_fn, "__qualname__", None),
+      "shard": name, "keys": [item.key for item in items],
+  }
+  return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _done_path(spec: BuildSpec, name: str) -> str:
+  return os.path.join(spec.output_dir, DONE_DIR, name + ".json")
+
+
+def _reusable(spec: BuildSpec, name: str, fingerprint: str) -> ShardResult | None:
+  """The finished shard `name` of this same build, or None if it must be (re)built."""
+  try:
+    with open(_done_path(spec, name)) as f:
+      done = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if done.get("fingerprint") != fingerprint:
+    raise InputError(spec.output_dir, f"{name} was built with other settings or items",
+                     "use a new --output_dir, or delete this one to rebuild")
+  if done["num_examples"] and not os.path.isfile(os.path.join(spec.output_dir, name)):
+    return None
+  return ShardResult(name, done["num_examples"], done["skipped"], done["fields"], reused=True,
+                     warnings=done.get("warnings", []))
+
+
+@functools.lru_cache(maxsize=4)
+def _estimator(method: str, depth_dir: str | None, depth_weights: str | None, load_model):
+  """One estimator per process (a DPT model loads its weights once)."""
+  return depth_estimators.make_depth_estimator(method, depth_dir=depth_dir, depth_weights=depth_weights,
+                                               load_model=load_model)
+
+
+def _schema(spec: BuildSpec) -> dict[str, records.FieldSpec]:
+  clip = spec.clip
+  latent_shape = None
+  if spec.encode_fn is not None:
+    probe = np.zeros((clip.num_frames, clip.height, clip.width, 3), np.uint8)
+    latent_shape = np.shape(spec.encode_fn(probe))
+  return records.clip_fields(clip.num_frames, clip.height, clip.width, latent_shape=latent_shape,
+                             with_masks=getattr(spec.source, "with_masks", False))
+
+
+def _example(spec: BuildSpec, item: Item, fields) -> tuple[dict[str, Any], tuple[str, ...]]:
+  """-> (the record's fields, the clip's warnings)."""
+  clip = spec.source.load(item, spec.clip)
+  estimator = _estimator(spec.depth_method, spec.depth_dir, spec.depth_weights, spec.load_depth_model)
+  example = {"frames": clip.frames, "depth": estimator(clip), "caption": clip.caption,
+             "key": clip.key}
+  if "latents" in fields:
+    example["latents"] = spec.encode_fn(clip.frames)
+  if "masks" in fields:
+    example["masks"] = clip.masks
+  return example, clip.warnings
+
+
+def build_shard(spec: BuildSpec, index: int, count: int, items: list[Item]) -> ShardResult:
+  """Writes one shard (skipping bad items) and then its done marker; returns what it holds."""
+  name = records.shard_name(index, count)
+  fields = _schema(spec)
+  skipped, warned = [], []
+
+  def encoded():
+    for item in items:
+      try:
+        example, warnings = _example(spec, item, fields)
+        record = records.encode_example(example, fields)
+      except _ITEM_ERRORS as e:
+        skipped.append({"key": item.key, "source": str(item.ref), "reason": str(e)})
+        continue
+      warned.extend({"key": item.key, "source": str(item.ref), "warning": w} for w in warnings)
+      yield record
+
+  path = os.path.join(spec.output_dir, name)
+  num_examples = records.write_shard(path, encoded())
+  if num_examples == 0:
+    os.remove(path)
+  result = ShardResult(name, num_examples, skipped, {k: v.to_json() for k, v in fields.items()},
+                       warnings=warned)
+  done = dataclasses.asdict(result) | {"fingerprint": _fingerprint(spec, name, items)}
+  done.pop("reused")
+  with atomic_path(_done_path(spec, name)) as tmp, open(tmp, "w") as f:
+    json.dump(done, f)
+  return result
+
+
+def _check_no_foreign_shards(spec: BuildSpec, names: list[str]) -> None:
+  done_dir = os.path.join(spec.output_dir, DONE_DIR)
+  foreign = sorted(set(os.listdir(done_dir) if os.path.isdir(done_dir) else ())
+                   - {n + ".json" for n in names})
+  if foreign:
+    raise InputError(spec.output_dir, f"holds shards of another build ({foreign[0]}, ...)",
+                     "use a new --output_dir, or delete this one to rebuild")
+
+
+def _remove_stale_temporaries(output_dir: str) -> None:
+  """Deletes the temporary files of a killed earlier run (one build per folder at a time)."""
+  for folder in (output_dir, os.path.join(output_dir, DONE_DIR)):
+    names = os.listdir(folder) if os.path.isdir(folder) else ()
+    for name in names:
+      if name.startswith(".shard-") and ".tmp-" in name:
+        os.remove(os.path.join(folder, name))
+
+
+def build_shards(spec: BuildSpec, num_workers: int = 1,
+                 log: Callable[[str], None] = lambda message: None) -> BuildReport:
+  """Builds (or resumes) every shard, then writes skipped.jsonl and, last, manifest.json."""
+  items = spec.source.items()
+  _remove_stale_temporaries(spec.output_dir)
+  plan = plan_shards(items, spec.examples_per_shard)
+  names = [records.shard_name(i, len(plan)) for i in range(len(plan))]
+  _check_no_foreign_shards(spec, names)
+  results, pending = {}, []
+  for index, (name, shard_items) in enumerate(zip(names, plan)):
+    reused = _reusable(spec, name, _fingerprint(spec, name, shard_items))
+    if reused:
+      results[name] = reused
+      log(f"{name}: finished earlier, skipped")
+    else:
+      pending.append((index, shard_items))
+  for result in _run(spec, pending, len(plan), num_workers):
+    results[result.name] = result
+    log(f"{result.name}: {result.num_examples} examples, {len(result.skipped)} skipped")
+  report = BuildReport([results[n] for n in names], None)
+  _write_skipped(spec, report.skipped)
+  _write_jsonl(os.path.join(spec.output_dir, WARNINGS_NAME), report.warnings)
+  if report.num_examples == 0:
+    return report
+  return dataclasses.replace(report, manifest_path=_write_manifest(spec, report.shards))
+
+
+def _run(spec: BuildSpec, pending: list[tuple[int, list[Item]]], count: int, num_workers: int):
+  if num_workers <= 1 or len(pending) <= 1:
+    for index, items in pending:
+      yield build_shard(spec, index, count, items)
+    return
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+    futures = [pool.submit(build_shard, spec, index, count, items) for index, items in pending]
+    try:
+      for future in concurrent.futures.as_completed(futures):
+        yield future.result()
+    finally:  # after a failure, do not wait for the shards not yet started
+      pool.shutdown(cancel_futures=True)
+
+
+def _write_skipped(spec: BuildSpec, skipped: list[dict[str, str]]) -> None:
+  _write_jsonl(os.path.join(spec.output_dir, records.SKIPPED_NAME), skipped)
+
+
+def _write_jsonl(path: str, rows: list[dict[str, str]]) -> None:
+  with atomic_path(path) as tmp, open(tmp, "w") as f:
+    f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def _write_manifest(spec: BuildSpec, shards: list[ShardResult]) -> str:
+  written = [s for s in shards if s.num_examples]
+  if any(s.fields != written[0].fields for s in written):
+    raise InputError(spec.output_dir, "shards disagree on their fields",
+                     "delete the folder and rebuild it")
+  clip = spec.clip
+  manifest = records.Manifest(
+      fields={k: records.FieldSpec(tuple(v["shape"]), v["dtype"])
+              for k, v in written[0].fields.items()},
+      shards=tuple(records.ShardInfo(s.name, s.num_examples) for s in written),
+      source=spec.source.description, depth_method=spec.depth_method,
+      num_frames=clip.num_frames, stride=clip.stride, height=clip.height, width=clip.width,
+      created_by=f"vidjax {vidjax.__version__} vidjax.data.shards")
+  return records.write_manifest(spec.output_dir, manifest)
