@@ -44,6 +44,8 @@ def shared_video():
 HEAVIEST_FIRST = (
     "tests/train/test_loop_processes.py",
     "tests/train/test_loop.py",
+    "tests/train/test_train_step.py",
+    "tests/sampling/test_sampler.py",
     "tests/pipelines/test_edit_cli.py",
     "tests/pipelines/test_evaluate.py",
     "tests/pipelines/test_edit.py",

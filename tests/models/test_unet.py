@@ -123,10 +123,11 @@ def test_temporal_transformer_receptive_field_is_two_stacked_windows():
   params = jax.tree_util.tree_map(lambda v: v + 0.1, block.init(jax.random.key(1), x, window=3))
   apply = jax.jit(lambda v: block.apply(params, v, window=3))
   reach, i = 2 * (3 - 1), 7
-  # Permuting frames keeps GroupNorm's statistics (taken over T) unchanged.
+  # Permuting frames keeps GroupNorm's statistics (taken over T) unchanged, up to the float32 rounding
+  # of sums taken in another order (1.2e-6 seen): far below the > 1e-4 of a frame inside the field.
   permute = lambda frames: x.at[:, frames].set(x[:, frames][:, ::-1])
-  assert _changes_at(apply, x, permute(slice(i + 1, None)), i) < 1e-6
-  assert _changes_at(apply, x, permute(slice(0, i - reach)), i) < 1e-6
+  assert _changes_at(apply, x, permute(slice(i + 1, None)), i) < 1e-5
+  assert _changes_at(apply, x, permute(slice(0, i - reach)), i) < 1e-5
   assert _changes_at(apply, x, permute(slice(i - reach - 1, i - reach + 1)), i) > 1e-4
 
 
