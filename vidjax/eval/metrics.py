@@ -337,7 +337,22 @@ _DEPTH_PROTOCOL = ("the output's and the input's depth by the same depth model (
 
 
 @dataclasses.dataclass(frozen=True)
-class DepthError(PerItemMetric):
+class _DepthFidelity(PerItemMetric):
+  """Scores the output's depth maps against the input's, both under `feature`."""
+
+  feature: str = "depth"
+
+  @property
+  def needs(self) -> tuple[str, ...]:
+    return (self.feature,)
+
+  @property
+  def reference_needs(self) -> tuple[str, ...]:
+    return (self.feature,)
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthError(_DepthFidelity):
   """Depth fidelity (ours), error: scale-and-shift-invariant mean absolute error of output depth vs input depth.
 
   Protocol: each frame's depth map of the output and of the input (`depth`, the same depth model on
@@ -348,16 +363,7 @@ class DepthError(PerItemMetric):
   mean |value|); unrelated maps score more (about 1.4 for independent Gaussian noise).
   """
 
-  feature: str = "depth"
   name: ClassVar[str] = "depth_ssi_error"
-
-  @property
-  def needs(self) -> tuple[str, ...]:
-    return (self.feature,)
-
-  @property
-  def reference_needs(self) -> tuple[str, ...]:
-    return (self.feature,)
 
   @property
   def protocol(self) -> str:
@@ -370,7 +376,7 @@ class DepthError(PerItemMetric):
 
 
 @dataclasses.dataclass(frozen=True)
-class DepthCorrelation(PerItemMetric):
+class DepthCorrelation(_DepthFidelity):
   """Depth fidelity (ours), correlation: Pearson correlation of output depth with input depth, per frame.
 
   Protocol: as `DepthError` (same maps), the correlation over pixels of each frame (invariant to
@@ -378,16 +384,7 @@ class DepthCorrelation(PerItemMetric):
   whose map is flat on either side counts 0 (it carries no structure).
   """
 
-  feature: str = "depth"
   name: ClassVar[str] = "depth_correlation"
-
-  @property
-  def needs(self) -> tuple[str, ...]:
-    return (self.feature,)
-
-  @property
-  def reference_needs(self) -> tuple[str, ...]:
-    return (self.feature,)
 
   @property
   def protocol(self) -> str:
