@@ -27,6 +27,8 @@ from transformers import DPTForDepthEstimation
 from vidjax.convert.hf_dpt import convert_dpt
 from vidjax.models.depth import DPT
 
+from timing import best_seconds
+
 VIT = dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768,
            backbone_out_indices=[2, 5, 8, 11], fusion_hidden_size=64, image_size=256, patch_size=16)
 LAYOUTS = {
@@ -37,17 +39,6 @@ LAYOUTS = {
                                         hidden_sizes=[64, 128, 256], embedding_size=32, num_groups=8,
                                         out_features=["stage1", "stage2", "stage3"], embedding_dynamic_padding=True)),
 }
-
-
-def _time(fn, repeats: int) -> float:
-  """Seconds per call, best of `repeats` after one warm-up call."""
-  fn()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
 
 
 def _flops(compiled) -> float:
@@ -69,12 +60,12 @@ def bench(layout: str, frames: int, repeats: int) -> None:
   start = time.perf_counter()
   compiled = jax.jit(DPT(config).apply).lower({"params": params}, pixels).compile()
   compile_s = time.perf_counter() - start
-  ours_s = _time(lambda: compiled({"params": params}, pixels).block_until_ready(), repeats)
+  ours_s = best_seconds(lambda: compiled({"params": params}, pixels).block_until_ready(), repeats)
   ours = np.asarray(compiled({"params": params}, pixels))
 
   torch_pixels = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
   with torch.inference_mode():
-    torch_s = _time(lambda: torch_model(torch_pixels), repeats)
+    torch_s = best_seconds(lambda: torch_model(torch_pixels), repeats)
     ref = torch_model(torch_pixels).predicted_depth.numpy()
 
   flops = _flops(compiled)

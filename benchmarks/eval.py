@@ -28,16 +28,7 @@ from cdfvd.third_party.i3d.pytorch_i3d import InceptionI3d
 from vidjax.convert.i3d import convert_i3d
 from vidjax.models import i3d
 
-
-def _time(fn, repeats: int) -> float:
-  """Seconds per call, best of `repeats` after one warm-up call."""
-  fn()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
+from timing import best_seconds
 
 
 def _valid_taps(size: int, kernel: int, stride: int) -> int:
@@ -86,12 +77,12 @@ def main() -> None:
   start = time.perf_counter()
   forward = jax.jit(lambda p, v: i3d.I3D(config).apply({"params": p}, v)).lower(params, clips).compile()
   compile_s = time.perf_counter() - start
-  ours_s = _time(lambda: jax.block_until_ready(forward(params, clips)), args.repeats)
+  ours_s = best_seconds(lambda: jax.block_until_ready(forward(params, clips)), args.repeats)
   ours = np.asarray(forward(params, clips)["logits"])
 
   torch_clips = torch.from_numpy(np.ascontiguousarray(clips.transpose(0, 4, 1, 2, 3)))
   with torch.inference_mode():
-    torch_s = _time(lambda: torch_model(torch_clips), args.repeats)
+    torch_s = best_seconds(lambda: torch_model(torch_clips), args.repeats)
     theirs = torch_model(torch_clips).numpy()
 
   flops = conv_flops(config, clips.shape)

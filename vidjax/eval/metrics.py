@@ -138,6 +138,18 @@ def frechet_distance(a: FeatureMoments, b: FeatureMoments) -> float:
   return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_sqrt)
 
 
+class _Paired:
+  """A metric of one feature (its dataclass field `feature`), read from the generated and the reference set."""
+
+  @property
+  def needs(self) -> tuple[str, ...]:
+    return (self.feature,)
+
+  @property
+  def reference_needs(self) -> tuple[str, ...]:
+    return (self.feature,)
+
+
 def _enough_items(x: np.ndarray, role: str, metric: str) -> None:
   count, dim = x.shape
   if count < dim:
@@ -147,7 +159,7 @@ def _enough_items(x: np.ndarray, role: str, metric: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class FVD(Metric):
+class FVD(_Paired, Metric):
   """Fréchet Video Distance (Unterthiner et al. 2019) between generated and reference I3D features.
 
   Protocol (cd-fvd's and StyleGAN-V's I3D FVD; Make-Your-Video Sec. 4.1 compares 2K samples of 16 frames
@@ -162,14 +174,6 @@ class FVD(Metric):
   name: ClassVar[str] = "fvd"
 
   @property
-  def needs(self) -> tuple[str, ...]:
-    return (self.feature,)
-
-  @property
-  def reference_needs(self) -> tuple[str, ...]:
-    return (self.feature,)
-
-  @property
   def protocol(self) -> str:
     return f"Frechet distance of I3D {self.feature}, 16 frames at 224x224, covariance / N"
 
@@ -181,7 +185,7 @@ class FVD(Metric):
 
 
 @dataclasses.dataclass(frozen=True)
-class KVD(Metric):
+class KVD(_Paired, Metric):
   """Kernel Video Distance: the unbiased MMD^2 of I3D features under k(x, y) = (x.y / D + 1)^3, in subsets.
 
   Protocol (KVD of Unterthiner et al. 2019, which Make-Your-Video reports, with the subset estimator of
@@ -197,14 +201,6 @@ class KVD(Metric):
   subset_size: int = 1000
   seed: int = 0
   name: ClassVar[str] = "kvd"
-
-  @property
-  def needs(self) -> tuple[str, ...]:
-    return (self.feature,)
-
-  @property
-  def reference_needs(self) -> tuple[str, ...]:
-    return (self.feature,)
 
   @property
   def protocol(self) -> str:
@@ -337,22 +333,7 @@ _DEPTH_PROTOCOL = ("the output's and the input's depth by the same depth model (
 
 
 @dataclasses.dataclass(frozen=True)
-class _DepthFidelity(PerItemMetric):
-  """Scores the output's depth maps against the input's, both under `feature`."""
-
-  feature: str = "depth"
-
-  @property
-  def needs(self) -> tuple[str, ...]:
-    return (self.feature,)
-
-  @property
-  def reference_needs(self) -> tuple[str, ...]:
-    return (self.feature,)
-
-
-@dataclasses.dataclass(frozen=True)
-class DepthError(_DepthFidelity):
+class DepthError(_Paired, PerItemMetric):
   """Depth fidelity (ours), error: scale-and-shift-invariant mean absolute error of output depth vs input depth.
 
   Protocol: each frame's depth map of the output and of the input (`depth`, the same depth model on
@@ -363,6 +344,7 @@ class DepthError(_DepthFidelity):
   mean |value|); unrelated maps score more (about 1.4 for independent Gaussian noise).
   """
 
+  feature: str = "depth"
   name: ClassVar[str] = "depth_ssi_error"
 
   @property
@@ -376,7 +358,7 @@ class DepthError(_DepthFidelity):
 
 
 @dataclasses.dataclass(frozen=True)
-class DepthCorrelation(_DepthFidelity):
+class DepthCorrelation(_Paired, PerItemMetric):
   """Depth fidelity (ours), correlation: Pearson correlation of output depth with input depth, per frame.
 
   Protocol: as `DepthError` (same maps), the correlation over pixels of each frame (invariant to
@@ -384,6 +366,7 @@ class DepthCorrelation(_DepthFidelity):
   whose map is flat on either side counts 0 (it carries no structure).
   """
 
+  feature: str = "depth"
   name: ClassVar[str] = "depth_correlation"
 
   @property
