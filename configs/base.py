@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.init_from = ""  # weights only: a vidjax pretrained dir (vidjax convert) or a training workdir
+  # init_from params matching these regexes (over '/'-joined paths) keep their fresh init: e.g. new
+  # temporal layers on a video checkpoint's spatial ones, as Make-Your-Video adds them to SD-2-depth.
+  config.init_exclude = ()
   config.init_surgery = ()  # applied to init_from weights: 'widen_input_channels', 'change_context_width'
 
   config.model = ml_collections.ConfigDict()

@@ -23,6 +23,12 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
       temporal_attention=True, temporal_relative_position=4, temporal_causal=True)
   config.vae_stage.num_steps = 0
   config.final_edit.enabled = False
+  # Trained from scratch, everything but the VAE: the toy job's start from the embedded checkpoint
+  # (frozen spatial layers) has its own test, test_toy_recipe.py.
+  config.init_from, config.init_exclude = "", ()
+  config.model.vae.scaling_factor = 1.0
+  config.train.trainable = ("unet/.*", "text_encoder/.*")
+  config.train.ema_decay = 0.99
   config.train.update(num_steps=6, warmup_steps=2, lr=1e-3)
   config.checkpoint.update(every_steps=2, keep=10, async_save=False)
   config.log.update(every_steps=2, sample_every_steps=0)

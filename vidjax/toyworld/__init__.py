@@ -6,6 +6,8 @@
 Small, exact and fast (pure numpy ray casting), for tests, benchmarks and toy training runs.
 """
 
+import os
+
 from vidjax.toyworld.captions import VOCAB_WORDS, caption_for
 from vidjax.toyworld.clip import ToyClip, normalised_disparity, render_clip
 from vidjax.toyworld.render import FAR
@@ -13,8 +15,13 @@ from vidjax.toyworld.scene import (COLOURS, FLOORS, SHAPES, TIMES_OF_DAY, Scene,
                                    recolour, sample_scene)
 from vidjax.toyworld.tokenizer import build_tokenizer, save_tokenizer
 
+# The embedded toy checkpoint (a vidjax pretrained directory, shipped with the package): the default
+# of `vidjax edit`, and the pretrained start of the toy main job (configs/toy.py), as SD-2-depth is
+# Make-Your-Video's.
+CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "toy")
+
 __all__ = [
-    "COLOURS", "FAR", "FLOORS", "SHAPES", "TIMES_OF_DAY", "VOCAB_WORDS", "Scene", "ToyClip",
+    "CHECKPOINT", "COLOURS", "FAR", "FLOORS", "SHAPES", "TIMES_OF_DAY", "VOCAB_WORDS", "Scene", "ToyClip",
     "ToyObject", "build_tokenizer", "caption_for", "normalised_disparity", "recolour",
     "render_clip", "sample_scene", "save_tokenizer",
 ]

@@ -18,6 +18,7 @@ import numpy as np
 import tensorboardX
 from PIL import Image
 from tensorboardX.proto import summary_pb2
+from tqdm.auto import tqdm
 
 from vidjax.errors import InputError
 
@@ -83,7 +84,7 @@ class MetricWriter:
 
 
 class ProgressLine:
-  """A console line every `every` steps; only process 0 prints.
+  """A tqdm bar (with ETA) on a terminal, and a console line every `every` steps; only process 0 shows them.
 
   `step 1200/10000 (12.0%) | loss 0.1432 (smoothed 0.1511) | 42.1 clips/s 673.6 frames/s | lr 1.00e-04
   | eta 0:35:02`. The smoothed loss is an exponential moving average, s = f * s + (1 - f) * loss
@@ -97,15 +98,22 @@ class ProgressLine:
     every: print when the step is a multiple of `every`, and at `total_steps`.
     start_step: the step the run (re)starts from.
     smoothing: the EMA factor f.
-    print_fn, clock: where lines go and the time source (seconds).
+    desc: the bar's label (the stage).
+    print_fn, clock: where lines go (default `tqdm.write`, above the bar) and the time source (seconds).
+    bar: show the bar; None (default) shows it when stderr is a terminal (tqdm's rule), so logs
+      and tests get the lines only.
   """
 
   def __init__(self, total_steps: int, *, clips_per_step: int, frames_per_clip: int, every: int = 50,
-               start_step: int = 0, smoothing: float = 0.9, print_fn: Callable[[str], None] = print,
-               clock: Callable[[], float] = time.perf_counter):
+               start_step: int = 0, smoothing: float = 0.9, desc: str = "train",
+               print_fn: Callable[[str], None] = tqdm.write, clock: Callable[[], float] = time.perf_counter,
+               bar: bool | None = None):
     self.total_steps, self.every, self.smoothing = total_steps, every, smoothing
     self._clips_per_step, self._frames_per_clip = clips_per_step, frames_per_clip
     self._print, self._clock = print_fn, clock
+    disable = True if jax.process_index() != 0 else (None if bar is None else not bar)  # None: on a tty only
+    self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True,
+                     disable=disable)
     self._window_step, self._window_time, self._clips, self._frames = start_step, clock(), 0, 0
     self._smoothed: float | None = None
     self._first_printed: float | None = None
@@ -136,6 +144,11 @@ class ProgressLine:
     clips = self._clips_per_step if clips is None else clips
     self._clips += clips
     self._frames += (clips * self._frames_per_clip) if frames is None else frames
+    self._bar.update(step - self._bar.n)
+    if self._smoothed is not None:
+      self._bar.set_postfix_str(f"loss {self._smoothed:.4f}", refresh=False)
+    if step == self.total_steps:
+      self.close()
     if step % self.every and step != self.total_steps:
       return None
     now = self._clock()
@@ -154,6 +167,10 @@ class ProgressLine:
     if jax.process_index() == 0:
       self._print(line)
     return line
+
+  def close(self) -> None:
+    """Ends the bar (at the last step, or when a run stops early: preemption, an error)."""
+    self._bar.close()
 
 
 def model_flops_utilization(flops_per_step: float, seconds_per_step: float, peak_flops_per_device: float,

@@ -176,7 +176,8 @@ def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardi
   """Weights only, merged by path into the fresh params (layers the source lacks keep their init).
 
   `config.init_from` is one or more comma-separated sources (`surgery.load_weights`: pretrained
-  directories, training workdirs; later components replace earlier ones); `config.init_surgery`
+  directories, training workdirs; later components replace earlier ones); params matching
+  `config.init_exclude` keep their init (fresh temporal layers); `config.init_surgery`
   adapts them first: 'widen_input_channels' (new structure channels, zero weights) and/or
   'change_context_width' (a new content width).
   """
@@ -193,7 +194,7 @@ def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardi
     else:
       raise ConfigError("init_surgery", f"unknown operation {operation!r}",
                         "use 'widen_input_channels' and/or 'change_context_width'")
-  merged, report = surgery.merge_params(target, source)
+  merged, report = surgery.merge_params(target, source, exclude=tuple(config.init_exclude))
   print(f"init_from {path}: {report}")
   return jax.device_put(merged, shardings)
 

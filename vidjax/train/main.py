@@ -6,7 +6,8 @@ Runs, in order, what the config asks for:
      `init_from` for the rest. A run with `init_from` skips the stage unless `vae_stage.init_from`
      is set too (e.g. a new decoder for a trained model);
   3. the main stage, `train_and_evaluate`;
-  4. `final_edit.enabled`: edit a held-out toy clip (its depth, a new caption) into `<workdir>/edit.mp4`.
+  4. `final_edit.enabled`: the toy recolouring benchmark on a few held-out scenes (their depth, new
+     colours in the caption), printed, in `<workdir>/toy_edit.json`, the first as `<workdir>/edit.mp4`.
 Relaunching with the same workdir resumes wherever the job stopped.
 
 Configs are found by path, as big_vision's: `--config configs/toy.py` is that file of the current
@@ -134,10 +135,13 @@ def run(config, workdir: str) -> int:
     config = with_values(config, {"init_from": ",".join(p for p in (config.init_from, vae_dir) if p),
                                   "model.vae.scaling_factor": scaling_factor})
   summary = loop.train_and_evaluate(config, workdir)
+  figures = ""
   if config.get("final_edit") and config.final_edit.enabled and summary["step"] >= config.train.num_steps:
-    toy.final_edit(config, workdir)
+    report = toy.final_edit(config, workdir)
+    figures = (f"; toy benchmark ({report['num_cases']} held-out scenes): IoU {report['mean_iou']:.3f}, "
+               f"colour {100 * report['colour_accuracy']:.1f} %")
   losses = ("n/a (no steps run)" if summary["first_smoothed_loss"] is None else
             f"{summary['first_smoothed_loss']:.6f} (first) -> {summary['last_smoothed_loss']:.6f} (last)")
   print(f"process {jax.process_index()}/{jax.process_count()}: done in {time.perf_counter() - start:.0f} s, "
-        f"step {summary['step']}: smoothed loss {losses}")
+        f"step {summary['step']}: smoothed loss {losses}{figures}")
   return 0

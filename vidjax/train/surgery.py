@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Mapping
 
 import jax
@@ -56,14 +57,18 @@ def load_weights(paths: str) -> dict[str, Any]:
   return weights
 
 
-def merge_params(target: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[dict[str, Any], MergeReport]:
+def merge_params(target: Mapping[str, Any], source: Mapping[str, Any],
+                 exclude: tuple[str, ...] = ()) -> tuple[dict[str, Any], MergeReport]:
   """Target's tree with every same-path source param copied in; a shape mismatch is an error.
 
   Copies take the target's dtype: a float16 export (`vidjax convert run --dtype float16`) loaded
   into a float32 model trains in float32, not in float16 (slow on CPU, and Adam's small updates
-  round away).
+  round away). Source params whose '/'-joined path fully matches a regex of `exclude` are left
+  out (the target keeps its init there, as where the source lacks them).
   """
-  target_flat, source_flat = tree.flatten(target), tree.flatten(source)
+  target_flat = tree.flatten(target)
+  source_flat = {p: v for p, v in tree.flatten(source).items()
+                 if not any(re.fullmatch(pattern, "/".join(p)) for pattern in exclude)}
   mismatched = [f"{'/'.join(p)}: {np.shape(source_flat[p])} vs {np.shape(v)}" for p, v in target_flat.items()
                 if p in source_flat and np.shape(source_flat[p]) != np.shape(v)]
   if mismatched:

@@ -1,4 +1,4 @@
-"""The toy world's part of the main job: data on the fly, the VAE stage, and the final edit.
+"""The toy world's part of the main job: data on the fly, the VAE stage, and the final benchmark.
 
 Everything here is driven by `configs/toy.py` and runs on a fresh machine with nothing downloaded.
 """
@@ -11,6 +11,8 @@ import re
 
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
 
 from vidjax import toyworld
 from vidjax.conditioning.tokens import tokenize
@@ -18,6 +20,7 @@ from vidjax.data import shards, video_io
 from vidjax.data.loader import Loader
 from vidjax.data.sources import ClipSpec, ToySource
 from vidjax.errors import EXIT_OK, ConfigError, atomic_path
+from vidjax.eval import toy_edit
 from vidjax.models.build import build_model
 from vidjax.models.video_model import VideoDiffusionModel
 from vidjax.sampling import generate
@@ -43,7 +46,10 @@ def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, s
     spec = shards.BuildSpec(ToySource(build.num_examples, build.seed, bool(build.get("with_masks"))),
                             ClipSpec(build.num_frames, build.stride, build.size, build.size), data_dir,
                             depth_method="toy", examples_per_shard=build.examples_per_shard)
-    status = shards.build_shards(spec, build.num_workers, log=print).exit_status
+    num_shards = -(-build.num_examples // build.examples_per_shard)
+    with tqdm(total=num_shards, desc="toy shards", unit="shard", disable=None) as bar:
+      # build_shards logs one line per shard as it finishes.
+      status = shards.build_shards(spec, build.num_workers, log=lambda line: (bar.write(line), bar.update())).exit_status
     if status != EXIT_OK:
       raise ConfigError(data_dir, f"building the toy shards exited {status}", "see the messages above")
   return data_dir, tokenizer_dir
@@ -79,25 +85,39 @@ def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionMode
   return directory, scaling_factor
 
 
-def final_edit(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Edits a held-out toy clip: its depth, a caption with new colours; writes `<workdir>/edit.mp4`."""
+def final_edit(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Scores the model just trained on the toy recolouring benchmark; returns its report.
+
+  Edits `final_edit.num_clips` held-out benchmark scenes (`vidjax.eval.toy_edit`, seeds from
+  1,000,000: never trained on) with the EMA params: each scene's depth and a caption with new
+  colours. Prints one row per scene and the summary (silhouette IoU, colour accuracy), writes the
+  report to `<workdir>/toy_edit.json` and the first scene as `<workdir>/edit.mp4` (input | depth | edit).
+  """
   model = build_model(config)
-  edit = config.final_edit
+  edit, build = config.final_edit, config.data.build
   params = load_params(os.path.join(workdir, "checkpoints"), use_ema=True)
-  seed = config.data.build.seed + config.data.build.num_examples + edit.held_out_offset
-  scene = toyworld.sample_scene(seed)
-  names = sorted(toyworld.COLOURS)
-  colours = [names[(names.index(o.colour) + 3) % len(names)] for o in scene.objects]
-  caption = toyworld.caption_for(toyworld.recolour(scene, colours))
-  clip = toyworld.render_clip(seed, num_frames=config.data.build.num_frames, height=config.data.build.size,
-                              width=config.data.build.size, stride=config.data.build.stride)
-  tokens = tokenize([caption], config.data.tokenizer_dir, config.data.max_caption_tokens)
-  frames = generate.generate(model, params, clip.disparity[None, ..., None], tokens=tokens, seed=seed,
-                             num_inference_steps=edit.num_inference_steps, guidance_scale=edit.guidance_scale,
-                             temporal_guidance_scale=edit.temporal_guidance_scale)[0]
+  cases = toy_edit.edit_cases(edit.num_clips, num_frames=build.num_frames, size=build.size, stride=build.stride)
+  outputs = []
+
+  def edit_case(case: toy_edit.EditCase) -> np.ndarray:
+    tokens = tokenize([case.target_caption], config.data.tokenizer_dir, config.data.max_caption_tokens)
+    frames = generate.generate(model, params, case.source.disparity[None, ..., None], tokens=tokens, seed=case.seed,
+                               num_inference_steps=edit.num_inference_steps, guidance_scale=edit.guidance_scale,
+                               temporal_guidance_scale=edit.temporal_guidance_scale)[0]
+    outputs.append(frames)
+    return frames
+
+  print(f"toy recolouring benchmark, {edit.num_clips} held-out scenes (vidjax eval-toy-edit scores more):")
+  print(f"{'seed':>8}  {'IoU':>5}  {'consist':>7}  {'secs':>6}  colours (wanted: got)")
+  with tqdm(total=len(cases), desc="toy benchmark", unit="clip", disable=None) as bar:
+    report = toy_edit.evaluate(edit_case, cases, on_row=lambda row: (bar.write(toy_edit.format_row(row)), bar.update()))
+  print(toy_edit.summary(report))
+  with atomic_path(os.path.join(workdir, "toy_edit.json")) as tmp, open(tmp, "w") as f:
+    json.dump({"settings": edit.to_dict(), **report}, f, indent=1)
+  first = cases[0]
+  grid = video_io.make_grid([first.source.rgb, video_io.depth_to_rgb(first.source.disparity), outputs[0]],
+                            ["input", "depth", f"edit: {first.target_caption}"])
   out = os.path.join(workdir, "edit.mp4")
-  grid = video_io.make_grid([clip.rgb, video_io.depth_to_rgb(clip.disparity), frames],
-                            ["input", "depth", f"edit: {caption}"])
   video_io.write_video(out, grid, fps=8)
-  print(f"final edit: {clip.caption!r} -> {caption!r}, written to {out}")
-  return out
+  print(f"edit of scene {first.seed}: {first.source.caption!r} -> {first.target_caption!r}, written to {out}")
+  return report
