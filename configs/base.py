@@ -7,22 +7,19 @@ Run one with
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from vidjax.data.loader import default_loader_config
+from vidjax.models.unet import UNetConfig
 from vidjax.parallel import sharding
 
 
 def unet_fields(**overrides) -> ml_collections.ConfigDict:
-  """vidjax.models.unet.UNetConfig fields (SD-2 depth: 4 latent + 1 depth channels)."""
-  fields = dict(in_channels=5, out_channels=4, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-                attention_levels=(True, True, True, False), num_attention_heads=(5, 10, 20, 20),
-                cross_attention_dim=1024, transformer_depth=1, norm_num_groups=32, norm_eps=1e-5,
-                temporal_conv="none", temporal_attention=False, temporal_relative_position=0,
-                temporal_max_frames=0, temporal_causal=False, attention_backend="xla", remat=False,
-                dtype="float32", param_dtype="float32")
-  fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
+  """vidjax.models.unet.UNetConfig's fields at its defaults (SD-2 depth: 4 latent + 1 depth channels),
+  with `overrides`: the dataclass is the one place a default is spelled."""
+  return ml_collections.ConfigDict({**{f.name: f.default for f in dataclasses.fields(UNetConfig)}, **overrides})
 
 
 def get_config() -> ml_collections.ConfigDict:

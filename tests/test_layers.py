@@ -15,7 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "vidjax"
 
 # The allowed order, bottom first: the README's module table says the same in words.
 LAYERS = (
-    ("vidjax", "errors", "tree", "conditioning", "diffusion", "toyworld", "data", "parallel"),  # no model code
+    # no model code
+    ("vidjax", "errors", "tree", "interpolate", "conditioning", "diffusion", "toyworld", "data", "parallel"),
     ("models",),  # linen modules, flops
     ("sampling",),  # the one way from conditioning to frames
     ("train", "convert", "eval"),  # use models + sampling; not each other's internals

@@ -2,11 +2,20 @@
 
 A path is a tuple of keys; `path_string` joins one with '/' as checkpoints, optimizer masks and
 sharding rules spell it ('unet/down_blocks_0/resnets_0/conv1/kernel').
+
+Two entry points, for two kinds of tree:
+- `flatten` / `unflatten`: nested mappings (param trees), {path tuple: leaf} and back. Anything that
+  is not a mapping is a leaf (None and lists included), so the round trip is exact.
+- `flatten_pytree`: any pytree jax knows (optimizer states' NamedTuples, lists, orbax metadata trees)
+  -> {'a/0/b': leaf}, for reading and comparing only: it drops None and empty containers as jax
+  does, so it has no inverse.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
+
+import jax
 
 Path = tuple[str, ...]
 
@@ -34,5 +43,11 @@ def unflatten(flat: Mapping[Path, Any]) -> dict[str, Any]:
 
 
 def path_string(path: Sequence[Any]) -> str:
-  """A path of plain keys or of jax key entries (DictKey, GetAttrKey) -> 'a/b/c'."""
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+  """A path of plain keys or of jax key entries (DictKey, GetAttrKey, SequenceKey) -> 'a/b/0/c'."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def flatten_pytree(tree: Any) -> dict[str, Any]:
+  """Any pytree -> {'/'-joined path: leaf} in jax's leaf order (see the module docstring); the paths
+  are those of orbax's `to_flat_dict` and jax's `keystr(path, simple=True, separator='/')`."""
+  return {path_string(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}

@@ -6,7 +6,6 @@ import json
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -19,7 +18,6 @@ from vidjax.convert import common
 from vidjax.convert import hf_dpt
 from vidjax.convert.hf_dpt import convert_dpt
 from vidjax.errors import ConfigError, InputError
-from vidjax.models import interpolate
 from vidjax.models.depth import (DPT, DepthEstimator, model_input_size, normalize_depth_for_unet,
                                  preprocess_frames)
 
@@ -95,18 +93,6 @@ def test_pytorch_bin_converts_like_safetensors(large, tmp_path):
   assert flat_bin.keys() == flat_st.keys()
   for path, value in flat_st.items():
     np.testing.assert_array_equal(flat_bin[path], value, err_msg="/".join(path))
-
-
-@pytest.mark.parametrize("method,align_corners,sizes", [
-    ("bilinear", False, ((4, 7), (9, 5))), ("bilinear", True, ((3, 5), (6, 10))),
-    ("bicubic", False, ((6, 5), (13, 3))), ("bicubic", False, ((13, 11), (4, 4)))])
-def test_interpolation_matches_torch(method, align_corners, sizes):
-  (h, w), out = sizes
-  x = np.random.default_rng(0).standard_normal((2, h, w, 3)).astype(np.float32)
-  ours = interpolate.resize(jnp.asarray(x), out, method=method, align_corners=align_corners)
-  ref = torch.nn.functional.interpolate(torch_oracle.to_torch_nchw(x), size=out, mode=method,
-                                        align_corners=align_corners)
-  np.testing.assert_allclose(np.asarray(ours), torch_oracle.from_torch_nchw(ref), atol=1e-5, rtol=0)
 
 
 def test_preprocessing_matches_dpt_image_processor():

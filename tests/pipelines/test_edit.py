@@ -98,11 +98,16 @@ def test_a_strip_that_max_side_shrinks_below_the_size_multiple_names_max_side_an
   assert video_io.fit_to_multiple(strip, 4, 128)[0].shape == (tiny_model_dir.FRAMES, 4, 128, 3)
 
 
-def test_prompt_words_the_tokenizer_lacks_are_named_and_refused_under_strict_prompt(pipe, clip):
+def test_prompt_words_the_tokenizer_lacks_are_named_and_refused_under_strict_prompt(pipe, clip, monkeypatch):
   prompt = "a red coffee cup on a wooden kitchen table"  # the toy vocabulary lacks 5 of its 9 words
   negative = " ".join(["red cube"] * 12) + " at night"  # 26 words: past the 24-token context (22 + bos, eos)
+  tokenizer_class, checked = type(pipe.model_dir.tokenizer), []
+  losses = tokenizer_class.losses
+  monkeypatch.setattr(tokenizer_class, "losses",
+                      lambda self, captions: checked.append(captions) or losses(self, captions))
   with pytest.warns(UserWarning) as caught:
     result = pipe(clip.rgb, depth=clip.disparity, prompt=prompt, negative_prompt=negative, num_inference_steps=STEPS)
+  assert checked == [[prompt, negative]]  # tokenized once, by check_settings; its warnings travel in the settings
   notes = result.settings["warnings"]
   assert [str(w.message) for w in caught] == notes and len(notes) == 2
   assert "'coffee', 'cup', 'wooden', 'kitchen', 'table'" in notes[0]

@@ -13,12 +13,13 @@ cannot drift apart.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vidjax import interpolate
 
 # The paper's T_s: the last training stage samples t_s uniformly from 0..7.
 MAX_STRUCTURE_FIDELITY = 7
@@ -50,40 +51,17 @@ def _blur_downsample_axis(x, axis: int, xp):
   return xp.moveaxis(out, -1, axis)
 
 
-@functools.lru_cache(maxsize=256)
-def _linear_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Indices and weights of linear interpolation with half-pixel centres and clamped edges."""
-  source = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
-  source = np.clip(source, 0.0, size_in - 1)
-  low = np.floor(source).astype(np.int32)
-  high = np.minimum(low + 1, size_in - 1)
-  return low, high, (source - low).astype(np.float32)
-
-
-def _resize_axis(x, size_out: int, axis: int, xp):
-  """Linearly resamples `x` to `size_out` samples along `axis` (the same taps for numpy and jax)."""
-  if x.shape[axis] == size_out:
-    return x
-  low, high, weight = _linear_taps(x.shape[axis], size_out)
-  weight = weight.reshape((-1,) + (1,) * (x.ndim - 1 - axis % x.ndim))
-  a, b = xp.take(x, low, axis=axis), xp.take(x, high, axis=axis)
-  return a + (b - a) * weight
-
-
-def resize_linear(x, size: tuple[int, int]):
-  """Linear resize of the last two axes of `x` (numpy or jax) to `size`, half-pixel centres, clamped edges."""
-  xp = _array_module(x)
-  return _resize_axis(_resize_axis(x, size[0], -2, xp), size[1], -1, xp)
-
-
-def _structure_levels(depth, max_level: int, xp) -> list:
-  """[level 0, ..., level max_level] of the blur pyramid, each resampled to depth's size."""
-  height, width = depth.shape[-2:]
-  levels, current = [depth], depth
+def _pyramid(depth, max_level: int, xp) -> list:
+  """[level 0, ..., level max_level] of the blur pyramid, each at its own (halved) size."""
+  levels = [depth]
   for _ in range(max_level):
-    current = _blur_downsample_axis(_blur_downsample_axis(current, -2, xp), -1, xp)
-    levels.append(_resize_axis(_resize_axis(current, height, -2, xp), width, -1, xp))
+    levels.append(_blur_downsample_axis(_blur_downsample_axis(levels[-1], -2, xp), -1, xp))
   return levels
+
+
+def _upsample(level, size: tuple[int, int]):
+  """A pyramid level back at the depth's size: bilinear with half-pixel centres (level 0 unchanged)."""
+  return interpolate.resize(level, size, axes=(-2, -1))
 
 
 def augment_structure(depth, structure_fidelity, *,
@@ -105,8 +83,9 @@ def augment_structure(depth, structure_fidelity, *,
   if isinstance(structure_fidelity, (int, np.integer)):
     if structure_fidelity < 0:
       raise ValueError(f"structure_fidelity must be >= 0, got {structure_fidelity}")
-    return _structure_levels(depth, int(structure_fidelity), xp)[-1]
-  levels = xp.stack(_structure_levels(depth, max_structure_fidelity, xp))  # (L, B, ..., H, W)
+    return _upsample(_pyramid(depth, int(structure_fidelity), xp)[-1], depth.shape[-2:])
+  levels = xp.stack([_upsample(level, depth.shape[-2:])
+                     for level in _pyramid(depth, max_structure_fidelity, xp)])  # (L, B, ..., H, W)
   index = xp.clip(xp.asarray(structure_fidelity).astype(xp.int32), 0, max_structure_fidelity)
   index = index.reshape((1, -1) + (1,) * (depth.ndim - 1))
   return xp.take_along_axis(levels, index, axis=0)[0]

@@ -47,16 +47,20 @@ def _make_your_video(args) -> dict[str, common.ConversionReport]:
                                  attention_resolutions=args.attention_resolutions)
 
 
+def _save_one(args, name: str, kind: str, converted) -> dict[str, common.ConversionReport]:
+  """Writes one converted component, `(config, params, report)`, as OUT; returns {name: report}."""
+  config, params, report = converted
+  pretrained.save_pretrained(args.out, {name: (config, params)}, extra=_source(kind, args.src))
+  return {name: report}
+
+
 def _unet(args) -> dict[str, common.ConversionReport]:
-  config, params, report = convert_unet(args.src, seed=args.seed, **TEMPORAL_PRESETS[args.temporal])
-  pretrained.save_pretrained(args.out, {"unet": (config, params)}, extra=_source("diffusers-unet", args.src))
-  return {"unet": report}
+  return _save_one(args, "unet", "diffusers-unet",
+                   convert_unet(args.src, seed=args.seed, **TEMPORAL_PRESETS[args.temporal]))
 
 
 def _vae(args) -> dict[str, common.ConversionReport]:
-  config, params, report = convert_vae(args.src)
-  pretrained.save_pretrained(args.out, {"vae": (config, params)}, extra=_source("diffusers-vae", args.src))
-  return {"vae": report}
+  return _save_one(args, "vae", "diffusers-vae", convert_vae(args.src))
 
 
 def _clip(args) -> dict[str, common.ConversionReport]:
@@ -72,15 +76,11 @@ def _clip(args) -> dict[str, common.ConversionReport]:
 
 
 def _dpt(args) -> dict[str, common.ConversionReport]:
-  config, params, report = convert_dpt(args.src)
-  pretrained.save_pretrained(args.out, {"depth_estimator": (config, params)}, extra=_source("hf-dpt", args.src))
-  return {"depth_estimator": report}
+  return _save_one(args, "depth_estimator", "hf-dpt", convert_dpt(args.src))
 
 
 def _i3d(args) -> dict[str, common.ConversionReport]:
-  config, params, report = load_i3d(args.src)
-  pretrained.save_pretrained(args.out, {"i3d": (config, params)}, extra=_source("pytorch-i3d", args.src))
-  return {"i3d": report}
+  return _save_one(args, "i3d", "pytorch-i3d", load_i3d(args.src))
 
 
 def _ints(text: str) -> tuple[int, ...]:

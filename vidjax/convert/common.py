@@ -22,9 +22,8 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from vidjax.errors import ConfigError, InputError
-from vidjax.tree import flatten, unflatten  # noqa: F401 (re-exported: converters use common.flatten)
+from vidjax.tree import Path, flatten, unflatten  # noqa: F401 (also re-exported: the tests use common.flatten)
 
-Path = tuple[str, ...]
 _TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 

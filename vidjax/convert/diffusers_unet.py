@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from vidjax import tree
 from vidjax.convert import common
 from vidjax.models.unet import UNetConfig, VideoUNet, init_inputs
 
@@ -49,7 +50,7 @@ def convert_unet(source: str | os.PathLike | Mapping[str, np.ndarray], config: U
       source, config, lambda folder: UNetConfig.from_diffusers(
           common.read_json(os.path.join(folder, "config.json")), **config_overrides), ["diffusion_pytorch_model"])
   shapes = unet_param_shapes(config)
-  needs_init = any(is_temporal(p) for p in common.flatten(shapes))
+  needs_init = any(is_temporal(p) for p in tree.flatten(shapes))
   params, report = common.convert_state_dict(
       state_dict, shapes, source=str(name), allow_missing=is_temporal,
       init_params=init_unet_params(config, seed) if needs_init else None)

@@ -37,6 +37,7 @@ import flax.linen as nn
 import numpy as np
 
 import vidjax
+from vidjax import tree
 from vidjax.convert import common, diffusers_unet, diffusers_vae, hf_clip, hf_dpt
 from vidjax.errors import ConfigError, InputError, atomic_path, usual_mode
 from vidjax.models.clip import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
@@ -131,7 +132,7 @@ def save_pretrained(out_dir: str | os.PathLike, components: Mapping[str, tuple[A
     for name, (config, params) in components.items():
       weights = f"{name}.safetensors"
       # Trained params may still carry logical-partitioning boxes; the file stores plain arrays.
-      flat = common.flatten(nn.unbox(params))
+      flat = tree.flatten(nn.unbox(params))
       save_file({"/".join(p): np.ascontiguousarray(np.asarray(v)) for p, v in flat.items()},
                 os.path.join(tmp, weights), metadata={"format": FORMAT, "component": name})
       os.chmod(os.path.join(tmp, weights), usual_mode())  # safetensors creates owner-only files
@@ -202,7 +203,7 @@ def load_pretrained(path: str | os.PathLike, names: tuple[str, ...] | None = Non
       flat = load_file(weights)
     except (SafetensorError, OSError, ValueError) as e:
       raise InputError(weights, f"not a readable safetensors file ({e})", _FIX) from e
-    params = common.unflatten({tuple(k.split("/")): v for k, v in flat.items()})
+    params = tree.unflatten({tuple(k.split("/")): v for k, v in flat.items()})
     if check_shapes:
       _check_shapes(params, param_shapes(config), weights)
     out[name] = (config, params)
@@ -210,7 +211,7 @@ def load_pretrained(path: str | os.PathLike, names: tuple[str, ...] | None = Non
 
 
 def _check_shapes(params: Mapping[str, Any], shapes: Mapping[str, Any], source: str) -> None:
-  have, want = common.flatten(params), common.flatten(shapes)
+  have, want = tree.flatten(params), tree.flatten(shapes)
   problems = [f"missing {'/'.join(p)}" for p in want if p not in have]
   problems += [f"unexpected {'/'.join(p)}" for p in have if p not in want]
   problems += [f"{'/'.join(p)} {have[p].shape} != {tuple(want[p].shape)}" for p in want

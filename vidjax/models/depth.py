@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vidjax import interpolate
 from vidjax.conditioning.structure import normalize_depth
 from vidjax.errors import InputError
-from vidjax.models import interpolate, layers
+from vidjax.models import layers
 from vidjax.models.dpt_backbone import ACTIVATIONS, DPTConfig, ViT
 
 __all__ = ["DPT", "DPTConfig", "DepthEstimator", "model_input_size",

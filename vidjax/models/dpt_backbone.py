@@ -15,8 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vidjax import interpolate
 from vidjax.errors import ConfigError
-from vidjax.models import interpolate, layers
+from vidjax.models import layers
 from vidjax.models.attention import Attention
 
 ACTIVATIONS = {"gelu": lambda x: nn.gelu(x, approximate=False), "gelu_new": nn.gelu, "relu": nn.relu,

@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vidjax.errors import ConfigError
+from vidjax.tree import flatten_pytree
 
 LogicalRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
@@ -150,17 +151,12 @@ def activation_sharding(mesh: jax.sharding.Mesh, rules: LogicalRules) -> Iterato
     yield
 
 
-def _leaves_with_paths(tree: Any) -> list[tuple[str, Any]]:
-  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, NamedSharding))[0]
-  return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf) for path, leaf in leaves]
-
-
 def sharding_snapshot(tree: Any) -> dict[str, str]:
   """{'params/conv_in/kernel': "P(None, None, None, 'fsdp')", ...} for golden files.
 
   `tree` holds NamedShardings, or arrays / ShapeDtypeStructs carrying a `.sharding`.
   """
-  return {path: str(getattr(leaf, "sharding", leaf).spec) for path, leaf in _leaves_with_paths(tree)}
+  return {path: str(getattr(leaf, "sharding", leaf).spec) for path, leaf in flatten_pytree(tree).items()}
 
 
 def _megabytes(num_bytes: int) -> str:

@@ -96,6 +96,8 @@ class EditSettings:
   max_side: int | None = None
   temporal_window: int | None = None
   checked: bool = dataclasses.field(default=False, init=False, repr=False)  # set by check_settings only
+  # What tokenizing the prompts changes or drops, found by check_settings (which tokenizes them once).
+  prompt_warnings: tuple[str, ...] = dataclasses.field(default=(), init=False, repr=False)
 
   def as_dict(self) -> dict[str, Any]:
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
@@ -206,7 +208,7 @@ class VideoEditPipeline:
     s = settings
     show = self.progress if progress is None else progress
     bar = _progress_bar(show)
-    timings, notes = {}, self._prompt_notes(s.prompt, s.negative_prompt, s.strict_prompt)
+    timings, notes = {}, list(s.prompt_warnings)
     clock = time.perf_counter()
 
     def done(stage: str, value: Any = None) -> Any:
@@ -278,6 +280,7 @@ class VideoEditPipeline:
     what `edit` runs. Raises InputError naming the first bad one."""
     config = self.model.config
     s = dataclasses.replace(settings or EditSettings(), **changes).as_dict()
+    prompt_warnings = []
     s.update({name: value for name, value in self.model_dir.sampling_defaults.items() if s.get(name) is None})
     if s["video"] is None and s["depth"] is None:
       raise InputError("video / depth", "neither was given", "pass a video to edit, or a depth sequence to follow")
@@ -291,7 +294,7 @@ class VideoEditPipeline:
         raise InputError("strict_prompt", f"{s['strict_prompt']!r} is not True or False", "pass strict_prompt=True")
       if not isinstance(s["negative_prompt"], str):
         raise InputError("negative_prompt", f"{s['negative_prompt']!r} is not a string", "pass negative_prompt='...'")
-      self._prompt_notes(s["prompt"], s["negative_prompt"], s["strict_prompt"])  # raises under strict_prompt
+      prompt_warnings = self._prompt_notes(s["prompt"], s["negative_prompt"], s["strict_prompt"])  # raises if strict
     else:
       if s["prompt"] is not None or s["negative_prompt"]:
         raise InputError("prompt", "a prompt was given, but this model is conditioned on CLIP image embeddings",
@@ -300,25 +303,25 @@ class VideoEditPipeline:
         raise InputError("image", "missing (this model is conditioned on an image embedding)",
                          "pass image= a content image path or uint8 array")
     low, high = self.model_dir.structure_fidelity_range
-    _check_int("structure_fidelity", s["structure_fidelity"], low, high,
-               f"this checkpoint was trained with t_s in [{low}, {high}]; pass a value in that range")
-    _check_number("guidance_scale", s["guidance_scale"], 0.0, None, "pass omega >= 0 (1 = no guidance)")
-    _check_number("temporal_guidance_scale", s["temporal_guidance_scale"], 0.0, None,
-                  "pass omega_t >= 0 (1 = off, > 1 = smoother, < 1 = more per-frame detail)")
-    _check_int("num_inference_steps", s["num_inference_steps"], 1, config.num_train_timesteps,
-               f"pass 1 .. {config.num_train_timesteps} steps")
-    _check_number("eta", s["eta"], 0.0, 1.0, "pass eta in [0, 1] (0 = deterministic DDIM)")
-    _check_int("seed", s["seed"], 0, 2 ** 63 - 1, "pass a non-negative integer seed")
-    _check_number("strength", s["strength"], 0.0, 1.0, "pass strength in (0, 1] (1 = start from pure noise)")
+    check_number("structure_fidelity", s["structure_fidelity"], low, high,
+                 f"this checkpoint was trained with t_s in [{low}, {high}]; pass a value in that range", integer=True)
+    check_number("guidance_scale", s["guidance_scale"], 0.0, None, "pass omega >= 0 (1 = no guidance)")
+    check_number("temporal_guidance_scale", s["temporal_guidance_scale"], 0.0, None,
+                 "pass omega_t >= 0 (1 = off, > 1 = smoother, < 1 = more per-frame detail)")
+    check_number("num_inference_steps", s["num_inference_steps"], 1, config.num_train_timesteps,
+                 f"pass 1 .. {config.num_train_timesteps} steps", integer=True)
+    check_number("eta", s["eta"], 0.0, 1.0, "pass eta in [0, 1] (0 = deterministic DDIM)")
+    check_number("seed", s["seed"], 0, 2 ** 63 - 1, "pass a non-negative integer seed", integer=True)
+    check_number("strength", s["strength"], 0.0, 1.0, "pass strength in (0, 1] (1 = start from pure noise)")
     if s["strength"] <= 0:
       raise InputError("strength", f"{s['strength']} leaves nothing to denoise", "pass strength in (0, 1]")
     if s["video"] is None and (s["strength"] < 1.0 or s["mask"] is not None):
       raise InputError("strength / mask", "SDEdit and masked editing need the source video, but only depth was given",
                        "pass video= too, or strength=1 and no mask")
-    _check_int("stride", s["stride"], 1, None, "pass stride >= 1")
-    _check_number("start_sec", s["start_sec"], 0.0, None, "pass start_sec >= 0")
+    check_number("stride", s["stride"], 1, None, "pass stride >= 1", integer=True)
+    check_number("start_sec", s["start_sec"], 0.0, None, "pass start_sec >= 0")
     if s["num_frames"] is not None:
-      _check_int("num_frames", s["num_frames"], 1, None, "pass num_frames >= 1")
+      check_number("num_frames", s["num_frames"], 1, None, "pass num_frames >= 1", integer=True)
     if s["video"] is not None and s["num_frames"] is None:
       s["num_frames"] = self.trained_frames or None
     if (s["height"] is None) != (s["width"] is None):
@@ -326,14 +329,14 @@ class VideoEditPipeline:
     m = self.size_multiple
     if s["height"] is not None:
       for name in ("height", "width"):
-        _check_int(name, s[name], m, None, f"pass a multiple of {m}")
+        check_number(name, s[name], m, None, f"pass a multiple of {m}", integer=True)
         if s[name] % m:
           raise InputError(name, f"{s[name]} is not a multiple of {m}", f"pass a multiple of {m} (the model's size "
                            "factor), or leave height and width unset to fit the input automatically")
     elif s["max_side"] is None:
       s["max_side"] = max(self.model_dir.video.get("size") or [512])
     else:
-      _check_int("max_side", s["max_side"], m, None, f"pass max_side >= {m}")
+      check_number("max_side", s["max_side"], m, None, f"pass max_side >= {m}", integer=True)
     window = s["temporal_window"]
     limit = self.max_temporal_window
     if window is not None and limit is None:
@@ -342,11 +345,12 @@ class VideoEditPipeline:
     if limit is not None:
       if window is None:  # the checkpoint's L_M, else the trained length, within what the model represents
         window = min(self.model_dir.video.get("temporal_window") or self.trained_frames or limit, limit)
-      _check_int("temporal_window", window, 1, limit,
-                 f"pass 1 <= L_M <= {limit} (the relative-position range of this model's temporal attention + 1)")
+      check_number("temporal_window", window, 1, limit, f"pass 1 <= L_M <= {limit} (the relative-position range "
+                   "of this model's temporal attention + 1)", integer=True)
       s["temporal_window"] = int(window)
     checked = EditSettings(**s)
     object.__setattr__(checked, "checked", True)  # frozen: only this method marks a copy as checked
+    object.__setattr__(checked, "prompt_warnings", tuple(prompt_warnings))
     return checked
 
   def _prompt_notes(self, prompt: str, negative_prompt: str, strict_prompt: bool) -> list[str]:
@@ -447,14 +451,6 @@ def _latent_mask(keep: np.ndarray, t: int, latent_hw: tuple[int, int]) -> np.nda
   fh, fw = h // latent_hw[0], w // latent_hw[1]
   cells = keep.reshape(n, latent_hw[0], fh, latent_hw[1], fw).mean(axis=(2, 4)) >= 0.5
   return np.broadcast_to(cells, (t, *latent_hw))[..., None].astype(np.float32)
-
-
-def _check_number(name: str, value: Any, low: float | None, high: float | None, fix: str) -> None:
-  check_number(name, value, low, high, fix)
-
-
-def _check_int(name: str, value: Any, low: int | None, high: int | None, fix: str) -> None:
-  check_number(name, value, low, high, fix, integer=True)
 
 
 def _describe(value: Any) -> Any:

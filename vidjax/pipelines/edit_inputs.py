@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from vidjax import interpolate
 from vidjax.data import video_io
 from vidjax.errors import InputError
 
@@ -153,9 +154,7 @@ def scaled_size(source_hw: tuple[int, int], target_hw: tuple[int, int], max_side
 
 def fit_maps(values: np.ndarray, scaled_hw: tuple[int, int], target_hw: tuple[int, int]) -> np.ndarray:
   """(T, H, W) maps -> float32 (T, *target_hw): linear resize to `scaled_hw`, then the centre crop."""
-  from vidjax.conditioning.structure import resize_linear  # the project's one separable linear resize
-
-  out = resize_linear(values.astype(np.float32), scaled_hw)
+  out = interpolate.resize(values.astype(np.float32), scaled_hw, axes=(-2, -1))
   (sh, sw), (th, tw) = scaled_hw, target_hw
   top, left = (sh - th) // 2, (sw - tw) // 2
   return out[..., top:top + th, left:left + tw]

@@ -101,16 +101,13 @@ def _json_ready(value: Any, name: str) -> Any:
                      "pass plain dicts, lists, strings and numbers (ConfigDict.to_dict())") from e
 
 
-def _flat(tree: Any) -> dict[str, Any]:
-  return {"/".join(map(str, key)): leaf for key, leaf in ocp.tree.to_flat_dict(tree).items()}
-
-
 def _check_tree(saved: Any, target: Any, where: str) -> None:
   """Raises an InputError listing the first paths where the checkpoint and the target differ.
 
   Dtypes may differ (orbax casts on restore, e.g. float32 weights into a bfloat16 target).
   """
-  saved, target = _flat(saved), _flat(ocp.tree.serialize_tree(target, keep_empty_nodes=True))
+  saved = tree.flatten_pytree(saved)
+  target = tree.flatten_pytree(ocp.tree.serialize_tree(target, keep_empty_nodes=True))
   problems = [f"missing from the checkpoint: {p}" for p in target if p not in saved]
   problems += [f"not in the target: {p}" for p in saved if p not in target]
   problems += [f"shape {tuple(saved[p].shape)} saved vs {tuple(target[p].shape)} wanted: {p}"
