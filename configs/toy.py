@@ -81,7 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.every_steps = 100
   config.log.every_steps = 20
   config.log.sample_every_steps = 300
-  config.log.sample_num_inference_steps = 20
+  config.log.sample_num_inference_steps = 25  # as final_edit: one compiled sampling loop
   # The run ends on the toy recolouring benchmark (`vidjax eval-toy-edit`'s cases) over a few held-out
   # scenes, at the embedded checkpoint's sampling defaults.
   config.final_edit = ml_collections.ConfigDict(dict(enabled=True, num_clips=6, num_inference_steps=25,

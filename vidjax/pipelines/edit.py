@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import vidjax
+from vidjax import toyworld
 from vidjax.conditioning import structure as structure_lib
 from vidjax.convert import pretrained
 from vidjax.data import video_io
@@ -45,7 +46,7 @@ from vidjax.pipelines import edit_inputs
 from vidjax.pipelines.model_dir import ModelDir, load_model_dir
 from vidjax.sampling import generate
 
-EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(vidjax.__file__), "assets", "toy")
+EMBEDDED_CHECKPOINT = toyworld.CHECKPOINT
 STAGES = ("inputs", "depth", "encode", "sampling", "decode")
 
 
