@@ -122,3 +122,14 @@ def test_model_flops_utilization():
   assert result == pytest.approx({"tflops": 500.0, "mfu": 0.5})
   with pytest.raises(InputError, match="seconds_per_step"):
     model_flops_utilization(8e15, seconds_per_step=0.0, peak_flops_per_device=1e15, num_devices=8)
+
+
+def test_progress_bar_counts_steps_from_the_resumed_step_and_shows_the_smoothed_loss(capsys):
+  lines = []
+  progress = ProgressLine(5, clips_per_step=1, frames_per_clip=1, every=10, start_step=2, desc="UNet stage",
+                          print_fn=lines.append, bar=True)
+  for step in (3, 4, 5):
+    progress.update(step, {"loss": 0.5})
+  bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+  assert bar.startswith("UNet stage: 100%") and "5/5" in bar and "loss 0.5000" in bar, bar
+  assert len(lines) == 1 and lines[0].startswith("step 5/5 (100.0%) | loss 0.5000 (smoothed 0.5000)")  # the last step
