@@ -7,9 +7,9 @@ Sizes:
   * full: configs/make_your_video.py's model (SD-2-depth UNet with pseudo-3D temporal convs and causal
     temporal attention with relative positions, OpenCLIP ViT-H text tower), 16 frames of 256x256 pixels
     = 32x32 latents, bfloat16 compute (float32 params), cuDNN spatial attention, remat on (the config's).
-  * tiny: the same architecture at 32/64 channels and 1 res block a level, a 1-layer text tower, 2
-    frames of 16x16 pixels (8x8 latents), float32, XLA attention, no remat (XLA's CPU compiles are
-    the tiny run's cost, and remat compiles the forward twice).
+  * tiny: the same blocks at one 32-channel level (down, mid, up) with 1 res block, a 1-layer text
+    tower, 2 frames of 16x16 pixels (8x8 latents), float32, XLA attention, no remat (XLA's CPU
+    compiles are the tiny run's cost, and remat compiles the forward twice).
 Figures (one JSON object a line):
   * train_step: the repo's train step (vidjax.train.step: text tower, structure, the one diffusion
     loss, AdamW, EMA) on batches with cached VAE latents (no VAE encoder in the step), every UNet param
@@ -70,8 +70,8 @@ SIZES = {
     "full": Size(frames=make_your_video.FRAMES, pixels=256, batch=2,
                  unet=dict(dtype="bfloat16", attention_backend="cudnn")),
     "tiny": Size(frames=2, pixels=16, batch=1,
-                 unet=dict(block_out_channels=(32, 64), layers_per_block=1, attention_levels=(True, True),
-                           num_attention_heads=(1, 2), cross_attention_dim=32, norm_num_groups=8, dtype="float32",
+                 unet=dict(block_out_channels=(32,), layers_per_block=1, attention_levels=(True,),
+                           num_attention_heads=(2,), cross_attention_dim=32, norm_num_groups=8, dtype="float32",
                            attention_backend="xla", remat=False),
                  text_encoder=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1),
                  vae=dict(block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4)),
@@ -144,7 +144,8 @@ def sample_figures(model, params, size: Size, steps: int, repeats: int, peak: fl
   counted = steps * flops.unet_forward_flops(model.config.unet, batch=2 * size.batch, frames=size.frames,
                                              height=latent_hw[0], width=latent_hw[1],
                                              context_length=context.shape[1], temporal_window=size.frames)
-  return dict(steps=steps, guidance="cfg", batch=size.batch, frames=size.frames, compile_and_first_seconds=compile_seconds,
+  return dict(steps=steps, guidance="cfg", batch=size.batch, frames=size.frames,
+              compile_and_first_seconds=compile_seconds,
               seconds=seconds, seconds_per_step=seconds / steps, flops_counted=counted, tflops=counted / seconds / 1e12,
               mfu=counted / seconds / peak)
 

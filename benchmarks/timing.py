@@ -37,7 +37,7 @@ def cpu_model() -> str:
 
 
 def machine_line() -> str:
-  """One header line: the CPU, the accelerator jax runs on and the load average (a loaded machine slows every figure)."""
+  """One header line: the CPU, the device jax runs on and the load average (load slows every figure)."""
   load = " ".join(f"{x:.2f}" for x in os.getloadavg())
   return f"CPU {cpu_model()}; jax {jax.__version__} on {jax.devices()[0].device_kind}; load average {load}"
 
