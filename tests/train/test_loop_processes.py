@@ -67,7 +67,7 @@ def test_a_run_killed_while_saving_resumes_to_the_bitwise_same_params_on_the_sam
   mid_save = lambda: all(_saves(resumed / "checkpoints"))
   assert _kill_when(process, mid_save), "the run finished before it could be killed while saving"
   finished, _ = _saves(resumed / "checkpoints")
-  assert max(_trace(resumed)) + 1 > max(finished)  # it had trained past its last finished checkpoint
+  assert max(_trace(resumed)) >= max(finished)  # it had done steps after that checkpoint: the resume redoes them
   result = subprocess.run(_command(resumed, data), capture_output=True, text=True)
   assert result.returncode == 0 and f"resumed from step {max(finished)} in" in result.stdout, result.stderr[-4000:]
 
