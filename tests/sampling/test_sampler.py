@@ -78,8 +78,8 @@ def test_sixteen_frame_temporal_guidance_call_compiles_once():
   unet = VideoUNet(config)
   params = jax.jit(unet.init)(jax.random.key(0), **init_inputs(config, frames=2))["params"]
   sampler = Sampler(unet, diffusion.make_schedule(),
-                    SamplingConfig(num_inference_steps=25, with_temporal_guidance=True))
-  shape = (1, 16, 32, 32)
+                    SamplingConfig(num_inference_steps=3, with_temporal_guidance=True))
+  shape = (1, 16, 10, 6)  # 16 frames, as long videos run; a small, non-square latent: the loop runs at -O0
 
   def call(seed, window):
     keys = jax.random.split(jax.random.key(seed), 3)

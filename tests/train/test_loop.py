@@ -1,9 +1,13 @@
 """The training loop end to end in this process: non-finite stops, other meshes, the VAE stage, export.
 
-Killed-and-resumed runs and the two-process run are in test_loop_processes.py.
+Killed-and-resumed runs and the two-process run are in test_loop_processes.py. Every in-process run
+costs a train-step compile unless the persistent cache holds its program, so the tests share one
+trained run (`run`): they export it, or continue copies of it, instead of training their own.
 """
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
@@ -15,34 +19,51 @@ from vidjax.train import loop, vae_stage
 from vidjax.train.checkpoint import Checkpointer, load_params
 
 
-class _NanAtStep3(loop.Loader):
-  """The batch of step 3 has NaN frames."""
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data):
+  """The workdir of one 2-step run on the default mesh (all 8 devices on 'data'); tests must not change it."""
+  workdir = tmp_path_factory.mktemp("run")
+  summary = loop.train_and_evaluate(tiny_config.tiny_config(**data, **{"train.num_steps": 2}), str(workdir))
+  assert summary["step"] == 2 and np.isfinite(summary["last_smoothed_loss"])
+  return workdir
+
+
+def _copy(run, tmp_path):
+  """A copy of the shared run's workdir for a test that continues it."""
+  return shutil.copytree(run, tmp_path / "run")
+
+
+class _NanInSecondBatch(loop.Loader):
+  """The second batch it serves has NaN frames: step 3 (0-based) of a run resumed at step 2."""
 
   def __next__(self):
     batch = super().__next__()
     self.served = getattr(self, "served", 0) + 1
-    if self.served == 4:
+    if self.served == 2:
       batch["frames"] = np.full_like(batch["frames"], np.nan)
     return batch
 
 
-def test_a_nan_batch_stops_with_a_message_and_the_checkpoint_stays_loadable(tmp_path, data, monkeypatch):
-  config = tiny_config.tiny_config(**data, **{"train.num_steps": 6})
-  monkeypatch.setattr(loop, "Loader", _NanAtStep3)
+def test_a_nan_batch_stops_with_a_message_and_the_checkpoint_stays_loadable(run, tmp_path, data, monkeypatch):
+  workdir = _copy(run, tmp_path)
+  monkeypatch.setattr(loop, "Loader", _NanInSecondBatch)
   with pytest.raises(ConfigError, match=r"training step 4.*not finite.*step 2\) is intact"):
-    loop.train_and_evaluate(config, str(tmp_path))
-  assert Checkpointer(tmp_path / "checkpoints").latest_step() == 2
-  params = load_params(tmp_path / "checkpoints")
+    loop.train_and_evaluate(tiny_config.tiny_config(**data, **{"train.num_steps": 6}), str(workdir))
+  assert Checkpointer(workdir / "checkpoints").latest_step() == 2
+  params = load_params(workdir / "checkpoints")
   assert all(np.isfinite(v).all() for v in common.flatten(params).values())
 
 
-def test_a_checkpoint_from_mesh_4x2_continues_on_8x1_and_on_one_device(tmp_path, data):
-  for steps, mesh, devices in ((2, dict(data=4, fsdp=2), 0), (4, dict(data=8, fsdp=1), 0), (6, dict(data=1), 1)):
+def test_a_checkpoint_from_mesh_8x1_continues_on_4x2_and_on_one_device(run, tmp_path, data):
+  # Each restore reshards: replicated on 8 devices -> kernels split over fsdp -> all on one device.
+  workdir = _copy(run, tmp_path)
+  for steps, mesh, devices in ((4, dict(data=4, fsdp=2), 0), (6, dict(data=1), 1)):
     config = tiny_config.tiny_config(**data, **{"train.num_steps": steps, "mesh.num_devices": devices})
     config.mesh.shape = mesh
-    summary = loop.train_and_evaluate(config, str(tmp_path))
+    summary = loop.train_and_evaluate(config, str(workdir))
     assert summary["step"] == steps and np.isfinite(summary["last_smoothed_loss"])
-  assert Checkpointer(tmp_path / "checkpoints").finished_steps()[-3:] == [2, 4, 6]
+  assert Checkpointer(workdir / "checkpoints").finished_steps()[-3:] == [2, 4, 6]
+
 
 def test_a_decoder_stage_keeps_the_encoder_of_the_last_init_from_source_and_trains_a_wider_decoder(tmp_path, data):
   def stage(workdir, **overrides):
@@ -67,12 +88,11 @@ def test_a_decoder_stage_keeps_the_encoder_of_the_last_init_from_source_and_trai
     stage(tmp_path / "d", **{"vae_stage.init_from": second, "model.vae.block_out_channels": (8, 12)}, **decoder_only)
 
 
-def test_an_exported_run_loads_for_editing_with_its_sampling_defaults(tmp_path, data, capsys):
+def test_an_exported_run_loads_for_editing_with_its_sampling_defaults(run, tmp_path, capsys):
   from vidjax.cli import convert
   from vidjax.pipelines.model_dir import SAMPLING_DEFAULTS, load_model_dir
 
-  workdir, out = tmp_path / "run", tmp_path / "export"
-  loop.train_and_evaluate(tiny_config.tiny_config(**data, **{"train.num_steps": 2}), str(workdir))
+  workdir, out = run, tmp_path / "export"
   assert convert(["run", str(workdir), str(out), "--sampling-default", "cfg=2"]) == 2  # an unknown name
   assert "unknown sampling defaults ['cfg']" in capsys.readouterr().err and not out.exists()
 

@@ -53,12 +53,22 @@ def _tokens(model, batch, rng):
   return tokens
 
 
-def _run_on(mesh, setup, batch):
+def _run_on(mesh, setup, batch, initial=None):
+  """One jitted step on `mesh`; returns (the state it started from, on the host; the new state; metrics).
+
+  The state is initialised straight into its shardings (`sharded_state`), or is `initial` placed
+  into them: a second mesh starts from the same numbers without compiling the init again.
+  """
   config, model, labels, tx, step = setup
-  state, shardings = state_lib.sharded_state(model.init, tx, labels, jax.random.key(0), mesh, config.mesh.rules)
+  if initial is None:
+    state, shardings = state_lib.sharded_state(model.init, tx, labels, jax.random.key(0), mesh, config.mesh.rules)
+    initial = jax.device_get(state)  # the step donates the state
+  else:
+    create = lambda key: state_lib.create_state(model.init, tx, labels, key)
+    shardings = state_lib.state_shardings(jax.eval_shape(create, jax.random.key(0)), mesh, config.mesh.rules)
+    state = jax.device_put(initial, shardings)
   fn = jax.jit(step, in_shardings=(shardings, sharding_lib.batch_sharding(mesh)), out_shardings=(shardings, None),
                donate_argnums=0, static_argnums=2)
-  initial = jax.device_get(state.params)  # the step donates the state
   with sharding_lib.activation_sharding(mesh, config.mesh.rules):
     new_state, metrics = fn(state, sharding_lib.global_batch(batch, mesh), False)
   return initial, new_state, metrics
@@ -71,8 +81,8 @@ def test_sharded_step_equals_single_device_and_really_shards(tokenizer_dir):
   # larger eps keeps such updates linear in g, so the comparison tests sharding, not Adam.
   setup = _setup(tokenizer_dir, **{"train.eps": 1e-3})
   batch = _batch(setup[1])
-  _, sharded, metrics8 = _run_on(make_mesh({"data": 4, "fsdp": 2}), setup, batch)
-  _, single, metrics1 = _run_on(make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1]), setup, batch)
+  initial, sharded, metrics8 = _run_on(make_mesh({"data": 4, "fsdp": 2}), setup, batch)
+  _, single, metrics1 = _run_on(make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1]), setup, batch, initial)
   np.testing.assert_allclose(float(metrics8["loss"]), float(metrics1["loss"]), rtol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(sharded.params), jax.tree_util.tree_leaves(single.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
@@ -87,7 +97,7 @@ def test_sharded_step_equals_single_device_and_really_shards(tokenizer_dir):
 def test_make_your_video_recipe_changes_only_temporal_params(tokenizer_dir):
   setup = _setup(tokenizer_dir, **{"train.trainable": ("unet/.*temporal_.*",)})
   initial, state, _ = _run_on(make_mesh({"data": 1}, jax.devices()[:1]), setup, _batch(setup[1]))
-  flat_before, flat_after = common.flatten(initial), common.flatten(jax.device_get(state.params))
+  flat_before, flat_after = common.flatten(initial.params), common.flatten(jax.device_get(state.params))
   temporal = [p for p in flat_after if any(part.startswith("temporal_") for part in p)]
   spatial = [p for p in flat_after if p not in temporal]
   assert temporal and spatial

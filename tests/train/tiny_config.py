@@ -29,7 +29,12 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   config.model.vae.scaling_factor = 1.0
   config.train.trainable = ("unet/.*", "text_encoder/.*")
   config.train.ema_decay = 0.99
-  config.train.update(num_steps=6, warmup_steps=2, lr=1e-3)
+  # Constant after the warmup: a cosine schedule bakes num_steps into the compiled train step, so runs
+  # of different lengths (the loop tests run 2 to 10 steps) would each compile their own (~100 s on 2 cores);
+  # with it every run of one mesh shares a program through the persistent compilation cache
+  # (tests/conftest.py). The step still enters through the RNG (fold_in) and Adam's count, so a
+  # resume that lost it would still change the params.
+  config.train.update(num_steps=6, warmup_steps=2, lr=1e-3, lr_schedule="constant")
   config.checkpoint.update(every_steps=2, keep=10, async_save=False)
   config.log.update(every_steps=2, sample_every_steps=0)
   for key, value in overrides.items():
