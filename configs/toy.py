@@ -1,15 +1,18 @@
-"""The embedded default: a small text-to-video model on the toy world, trained on CPU.
+"""The embedded default: Make-Your-Video's recipe on the toy world, trained on CPU.
 
   vidjax train --config configs/toy.py --workdir runs/toy
 
 Builds 512 toy clips (8 frames at stride 2, 64x64, ground-truth depth, object masks) and the toy
-tokenizer into the workdir, trains a small VAE on their frames, then a Make-Your-Video-style video
-UNet on its latents (structure 'depth_pixels': depth at the latent size plus each latent cell's 4x4
-depth pixels; causal temporal attention with relative positions; Gen-1's 1D temporal convs),
-conditioned on the captions through a small CLIP text tower trained with it. Both
-stages weight the objects' pixels up through the masks. Finally it edits a held-out clip (its
-depth, a caption with new colours) into <workdir>/edit.mp4. Expected on the 2-core CPU machine: well
-under 15 minutes, the smoothed loss falls (printed first and last).
+tokenizer into the workdir. The embedded checkpoint (vidjax/assets/toy) stands in for SD-2-depth:
+its VAE, CLIP text tower and spatial UNet layers load frozen (structure 'depth_pixels': depth at the
+latent size plus each latent cell's 4x4 depth pixels), and the UNet gets fresh temporal layers
+(causal temporal attention with relative positions, Gen-1's 1D temporal convs), the only params
+that train (300 steps; the objects' latent cells weigh more through the masks). Finally it scores
+the model on the toy recolouring benchmark's held-out scenes (their depth, captions with new
+colours), printing IoU and colour accuracy, and writes the first edit to <workdir>/edit.mp4.
+Measured (README): 454 s with the install on a loaded 2-core Zen 5; IoU 0.708, colour 81.8 %.
+The former recipe (a VAE and a UNet from scratch in 850 steps) took 42 min on a Zen 3 and ended
+in a blur: too few CPU steps to learn what the depth means.
 """
 
 from __future__ import annotations
