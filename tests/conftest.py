@@ -45,11 +45,13 @@ HEAVIEST_FIRST = (
     "tests/train/test_loop_processes.py",
     "tests/train/test_loop.py",
     "tests/train/test_train_step.py",
+    "tests/train/test_toy_recipe.py",  # the main job at 2 steps: about 2 min on 2 cores
     "tests/pipelines/test_edit_cli.py",
     "tests/pipelines/test_evaluate.py",
     "tests/pipelines/test_edit.py",
     "tests/convert/test_make_your_video.py",
     "tests/sampling/test_sampler.py",  # 60 s since its 16-frame test samples 3 steps of a small latent
+    "tests/test_benchmarks.py",  # benchmarks/gpu.py at its tiny size: about 45 s
 )
 
 
