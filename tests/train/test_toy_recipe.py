@@ -41,7 +41,7 @@ def test_the_toy_job_loads_every_embedded_param_but_the_temporal_layers_which_al
     assert _trainable(config, name) == (name in temporal), name  # frozen: VAE, text tower, spatial UNet
 
 
-def test_the_toy_job_trains_resumes_and_ends_with_its_benchmark_figures(tmp_path, capsys):
+def test_the_toy_job_trains_the_temporal_layers_and_ends_with_its_benchmark_figures(tmp_path, capsys):
   workdir = str(tmp_path / "run")
   overrides = {"data.build.num_examples": 8, "data.build.examples_per_shard": 8, "data.batch_size": 2,
                "data.prefetch_batches": 0, "mesh.num_devices": 1, "train.num_steps": 2, "train.warmup_steps": 1,
@@ -64,6 +64,4 @@ def test_the_toy_job_trains_resumes_and_ends_with_its_benchmark_figures(tmp_path
   assert moved
   assert all(np.array_equal(v, np.asarray(source[p], np.float32)) for p, v in trained.items()
              if "temporal_" not in "/".join(p))
-  # A second launch finds the run finished: it resumes at step 2 and trains nothing more.
-  assert main.run(config, workdir) == 0
-  assert "resumed from step 2" in capsys.readouterr().out
+  # Resuming is the loop's, the same for every config: tests/train/test_loop_processes.py kills and resumes runs.
