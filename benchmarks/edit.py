@@ -24,7 +24,6 @@ import os
 import statistics
 import time
 
-import numpy as np
 
 from vidjax import toyworld
 from vidjax.models import flops
