@@ -116,7 +116,8 @@ def train_vae(config: ml_collections.ConfigDict, vae: AutoencoderKL, workdir: st
       state = state.replace(params=params, ema_params=state_lib.ema_like(params, state.ema_params))
   print(f"VAE stage: {stage.num_steps} steps on single frames")
   progress = ProgressLine(stage.num_steps, clips_per_step=data.batch_size * config.data.build.num_frames,
-                          frames_per_clip=1, every=config.log.every_steps, start_step=int(state.step))
+                          frames_per_clip=1, every=config.log.every_steps, start_step=int(state.step),
+                          desc="VAE stage")
   while int(state.step) < stage.num_steps:
     batch = next(loader)
     frames = batch["frames"].reshape((-1,) + batch["frames"].shape[2:])
