@@ -17,6 +17,9 @@ in a blur: too few CPU steps to learn what the depth means.
 
 from __future__ import annotations
 
+import json
+import os
+
 import ml_collections
 
 from configs import base
@@ -67,7 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
   # that train. The VAE stage is off: its latents are the checkpoint's, at its scaling factor.
   config.init_from = toyworld.CHECKPOINT
   config.init_exclude = ("unet/.*temporal_.*",)
-  config.model.vae.scaling_factor = 0.3982  # the checkpoint's (vidjax/assets/toy/config.json)
+  with open(os.path.join(toyworld.CHECKPOINT, "config.json")) as f:  # its latents' scale, read, not copied
+    config.model.vae.scaling_factor = json.load(f)["components"]["vae"]["config"]["scaling_factor"]
   config.vae_stage = ml_collections.ConfigDict(dict(num_steps=0, lr=1e-3, warmup_steps=20, kl_weight=1e-6,
                                                     batch_size=2, scale_batches=4, object_loss_weight=10.0,
                                                     object_loss_margin=2, trainable=("vae/.*",), init_from=""))
