@@ -76,6 +76,9 @@ def make_train_step(model: VideoDiffusionModel, tx: optax.GradientTransformation
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state_lib.update_ema(state.ema_params, params, config.ema_decay)
+    if isinstance(tx, optax.MultiSteps):  # accumulating: the EMA steps with the params, once per update
+      updated = tx.has_updated(opt_state)
+      ema = jax.tree_util.tree_map(lambda new, old: jnp.where(updated, new, old), ema, state.ema_params)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if config.nonfinite == "skip":  # keep the old state, but count the step so the data moves on
