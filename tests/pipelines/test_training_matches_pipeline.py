@@ -7,6 +7,8 @@ feed the same frame (or depth) through the training path (`VideoDiffusionModel.e
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -45,3 +47,31 @@ def test_training_and_the_pipeline_give_one_clip_embedding_for_one_frame(pipe):
   other[20:28] = 0  # inside the crop: the embedding moves
   moved = pipe.model.embed_frames(pipe.params, (other.astype(np.float32) / 127.5 - 1.0)[None, None], jax.random.key(0))
   assert np.abs(np.asarray(moved) - np.asarray(trained)).max() > 1e-3
+
+
+def test_the_export_records_the_depth_normalization_training_used_and_the_pipeline_checks_it(tmp_path):
+  from vidjax.convert import common, pretrained
+  from vidjax.errors import ConfigError
+  from vidjax.models.video_model import DEPTH_NORMALIZATION
+  from vidjax.train import export
+
+  gen1 = load_model_dir(tiny_model_dir.write(tmp_path / "gen1", content="image", structure="depth_latent"))
+  sd2 = load_model_dir(tiny_model_dir.write(tmp_path / "sd2", content="image"))
+  # What encode_structure does, per structure, is what the export writes.
+  assert export.conditioning_entry(gen1.model.config)["depth_normalization"] == "per_clip_minmax"
+  assert export.conditioning_entry(sd2.model.config)["depth_normalization"] == "per_frame_minmax"
+  assert DEPTH_NORMALIZATION["depth_latent"] == "per_clip_minmax"
+  # 'per_clip_minmax' is true: one frame's depth latents change when another frame's range changes.
+  depth = np.random.default_rng(0).uniform(0, 1, (1, 2, 32, 32, 1)).astype(np.float32)
+  wider = depth.copy()
+  wider[0, 1] *= 3.0
+  fidelity = np.zeros((1,), np.int32)
+  first = lambda d: np.asarray(gen1.model.encode_structure(gen1.params, d, fidelity, (16, 16)))[0, 0]
+  assert np.abs(first(depth) - first(wider)).max() > 1e-4
+  # A manifest that says otherwise is refused by the pipeline's loader, naming the entry.
+  folder = tmp_path / "gen1"
+  manifest = common.read_json(folder / pretrained.CONFIG_FILE)
+  manifest["conditioning"]["depth_normalization"] = "per_frame_minmax"
+  (folder / pretrained.CONFIG_FILE).write_text(json.dumps(manifest))
+  with pytest.raises(ConfigError, match="depth_normalization.*per_clip_minmax"):
+    load_model_dir(folder)

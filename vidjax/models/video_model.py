@@ -39,6 +39,10 @@ from vidjax.models.vae import AutoencoderKL, VAEConfig, decode_video, encode_vid
 
 STRUCTURE_KINDS = ("none", "depth", "depth_pixels", "depth_latent")
 CONTENT_KINDS = ("text", "image")
+# How `encode_structure` min-max normalises depth, per structure: the manifest's
+# conditioning.depth_normalization (written by the export, checked by the pipeline's loader).
+DEPTH_NORMALIZATION = {"none": None, "depth": "per_frame_minmax", "depth_pixels": "per_frame_minmax",
+                       "depth_latent": "per_clip_minmax"}
 
 
 @dataclasses.dataclass(frozen=True)
