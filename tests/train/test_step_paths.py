@@ -54,3 +54,31 @@ def test_ema_updates_once_per_optimizer_update_under_gradient_accumulation(token
   np.testing.assert_allclose(emas[2], expected_after_first, rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(emas[3], emas[2], rtol=0, atol=0)  # no EMA step on a micro-step
   np.testing.assert_allclose(emas[4], decay * expected_after_first + (1 - decay) * params[4], rtol=1e-6, atol=1e-7)
+
+
+def _image_content_config(tokenizer_dir):
+  config = tiny_config.tiny_config(**{"data.tokenizer_dir": tokenizer_dir, "train.object_loss_weight": 0.0,
+                                      "model.content": "image"})
+  config.model.image_encoder.update(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
+                                    image_size=16, patch_size=8, projection_dim=16)
+  config.train.trainable = ("unet/.*",)
+  return config
+
+
+def test_image_content_from_cached_latents_needs_cached_embeddings_and_says_so(tokenizer_dir):
+  config = _image_content_config(tokenizer_dir)
+  model = loop.build_model(config)
+  labels = state_lib.trainable_labels(jax.eval_shape(model.init, jax.random.key(0)), config.train.trainable)
+  tx = state_lib.make_optimizer(config.train, labels)
+  step = make_train_step(model, tx, labels, config.train)
+  state = jax.eval_shape(lambda k: unbox(state_lib.create_state(model.init, tx, labels, k)), jax.random.key(0))
+  rng = np.random.default_rng(0)
+  batch = {"latents": rng.standard_normal((2, 2, 8, 8, 4)).astype(np.float32),
+           "depth": rng.uniform(0, 1, (2, 2, 16, 16, 1)).astype(np.float32),
+           "structure_fidelity": np.zeros((2,), np.int32)}
+  with pytest.raises(ConfigError, match="use_latents.*image_embeds"):  # at the first step's trace, not a KeyError
+    jax.eval_shape(lambda s, b: step(s, b, False), state, batch)
+  # Cached CLIP embeddings (B, D) in the batch are what such a run trains on: the step traces.
+  embedded = {**batch, "image_embeds": rng.standard_normal((2, 16)).astype(np.float32)}
+  _, metrics = jax.eval_shape(lambda s, b: step(s, b, False), state, embedded)
+  assert metrics["loss"].shape == ()
