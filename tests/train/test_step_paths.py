@@ -82,3 +82,26 @@ def test_image_content_from_cached_latents_needs_cached_embeddings_and_says_so(t
   embedded = {**batch, "image_embeds": rng.standard_normal((2, 16)).astype(np.float32)}
   _, metrics = jax.eval_shape(lambda s, b: step(s, b, False), state, embedded)
   assert metrics["loss"].shape == ()
+
+
+def test_nonfinite_skip_leaves_params_and_optimizer_state_unchanged_and_counts_the_step(tokenizer_dir):
+  config = tiny_config.tiny_config(**{"data.tokenizer_dir": tokenizer_dir, "train.object_loss_weight": 0.0,
+                                      "train.nonfinite": "skip"})
+  model = loop.build_model(config)
+  labels = state_lib.trainable_labels(jax.eval_shape(model.init, jax.random.key(0)), config.train.trainable)
+  tx = state_lib.make_optimizer(config.train, labels)
+  step = jax.jit(make_train_step(model, tx, labels, config.train), static_argnums=2)
+  state = jax.jit(lambda k: unbox(state_lib.create_state(model.init, tx, labels, k)))(jax.random.key(0))
+  before = jax.device_get(state)
+  bad = _batch(model)
+  bad["frames"][0, 0, 0, 0, 0] = np.nan
+  state, metrics = step(state, bad, False)
+  assert not bool(metrics["finite"]) and int(state.step) == 1  # counted, so the data moves on
+  after = jax.device_get(state)
+  for old, new in zip(jax.tree_util.tree_leaves((before.params, before.opt_state, before.ema_params)),
+                      jax.tree_util.tree_leaves((after.params, after.opt_state, after.ema_params))):
+    np.testing.assert_array_equal(old, new)
+  state, metrics = step(state, _batch(model, seed=1), False)  # a good batch then trains
+  assert bool(metrics["finite"]) and int(state.step) == 2
+  assert not np.array_equal(jax.device_get(state.params["unet"]["conv_in"]["kernel"]),
+                            before.params["unet"]["conv_in"]["kernel"])
