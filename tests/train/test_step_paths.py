@@ -32,14 +32,22 @@ def _batch(model, batch=2, frames=2, size=16, seed=0):
           "structure_fidelity": np.zeros((batch,), np.int32), "tokens": tokens}
 
 
-def test_ema_updates_once_per_optimizer_update_under_gradient_accumulation(tokenizer_dir):
+@pytest.fixture(scope="module")
+def accumulating(tokenizer_dir):
+  """One compiled step (accumulating 2 micro-steps, skipping non-finite ones) and its fresh state."""
   config = tiny_config.tiny_config(**{"data.tokenizer_dir": tokenizer_dir, "train.object_loss_weight": 0.0,
-                                      "train.grad_accum_steps": 2, "train.ema_decay": 0.5})
+                                      "train.grad_accum_steps": 2, "train.ema_decay": 0.5,
+                                      "train.nonfinite": "skip"})
   model = loop.build_model(config)
   labels = state_lib.trainable_labels(jax.eval_shape(model.init, jax.random.key(0)), config.train.trainable)
   tx = state_lib.make_optimizer(config.train, labels)
   step = jax.jit(make_train_step(model, tx, labels, config.train), static_argnums=2)
-  state = jax.jit(lambda k: unbox(state_lib.create_state(model.init, tx, labels, k)))(jax.random.key(0))
+  state = jax.device_get(jax.jit(lambda k: unbox(state_lib.create_state(model.init, tx, labels, k)))(jax.random.key(0)))
+  return model, step, state
+
+
+def test_ema_updates_once_per_optimizer_update_under_gradient_accumulation(accumulating):
+  model, step, state = accumulating
   path = ("unet", "conv_in", "kernel")
   params, emas = [np.asarray(flatten(state.params)[path])], [np.asarray(flatten(state.ema_params)[path])]
   for i in range(4):  # two optimizer updates of two micro-steps each
@@ -84,14 +92,8 @@ def test_image_content_from_cached_latents_needs_cached_embeddings_and_says_so(t
   assert metrics["loss"].shape == ()
 
 
-def test_nonfinite_skip_leaves_params_and_optimizer_state_unchanged_and_counts_the_step(tokenizer_dir):
-  config = tiny_config.tiny_config(**{"data.tokenizer_dir": tokenizer_dir, "train.object_loss_weight": 0.0,
-                                      "train.nonfinite": "skip"})
-  model = loop.build_model(config)
-  labels = state_lib.trainable_labels(jax.eval_shape(model.init, jax.random.key(0)), config.train.trainable)
-  tx = state_lib.make_optimizer(config.train, labels)
-  step = jax.jit(make_train_step(model, tx, labels, config.train), static_argnums=2)
-  state = jax.jit(lambda k: unbox(state_lib.create_state(model.init, tx, labels, k)))(jax.random.key(0))
+def test_nonfinite_skip_leaves_params_and_optimizer_state_unchanged_and_counts_the_step(accumulating):
+  model, step, state = accumulating
   before = jax.device_get(state)
   bad = _batch(model)
   bad["frames"][0, 0, 0, 0, 0] = np.nan
@@ -101,7 +103,8 @@ def test_nonfinite_skip_leaves_params_and_optimizer_state_unchanged_and_counts_t
   for old, new in zip(jax.tree_util.tree_leaves((before.params, before.opt_state, before.ema_params)),
                       jax.tree_util.tree_leaves((after.params, after.opt_state, after.ema_params))):
     np.testing.assert_array_equal(old, new)
-  state, metrics = step(state, _batch(model, seed=1), False)  # a good batch then trains
-  assert bool(metrics["finite"]) and int(state.step) == 2
+  for seed in (1, 2):  # good batches then train (an update every second micro-step)
+    state, metrics = step(state, _batch(model, seed=seed), False)
+  assert bool(metrics["finite"]) and int(state.step) == 3
   assert not np.array_equal(jax.device_get(state.params["unet"]["conv_in"]["kernel"]),
                             before.params["unet"]["conv_in"]["kernel"])
