@@ -3,7 +3,8 @@
 Every attention in vidjax (spatial, temporal, cross, VAE, CLIP, DPT) goes through
 `dot_product_attention` (BTNH layout in and out). The backend is chosen by config: 'xla' (CPU/TPU
 and the portable default; plain einsums in heads-first layout) or 'cudnn' (GPU flash attention through
-`jax.nn.dot_product_attention`, for bf16/fp16 spatial attention; it must be asked for explicitly).
+`jax.nn.dot_product_attention`, for bf16/fp16 spatial attention; it must be asked for explicitly, and
+asked for off GPU it raises a ConfigError naming the setting, rather than falling back silently).
 Masks (the causal window L_M) and additive biases (relative positions) go through the same function.
 Long causal windows run block-local (`CausalBand`): the callers reshape around that one function, so
 memory grows linearly with the sequence length instead of quadratically.
@@ -18,6 +19,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from vidjax.errors import ConfigError
 from vidjax.models import layers
 
 Dtype = Any
@@ -42,6 +44,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax
   """
   if backend not in BACKENDS:
     raise ValueError(f"attention backend {backend!r}: expected one of {BACKENDS}")
+  if backend == "cudnn" and jax.default_backend() != "gpu":  # cuDNN's own message names neither setting nor fix
+    raise ConfigError("attention_backend", f"is 'cudnn', which needs an NVIDIA GPU, but this process runs on "
+                      f"{jax.default_backend()}", "set unet.attention_backend='xla' (the default) off GPU")
   if backend == "cudnn" and relative_values is None:
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation="cudnn")
   # Heads first, (B, N, L, H): both products are then batched matmuls in XLA's canonical form, so only

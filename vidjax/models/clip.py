@@ -288,13 +288,29 @@ def encode_image(config: CLIPVisionConfig, params: Mapping[str, Any], pixels: ja
 def preprocess_images(frames: np.ndarray | jax.Array, image_size: int = 224) -> jax.Array:
   """uint8 (N, H, W, 3) frames -> float32 (N, S, S, 3), as HF's `CLIPImageProcessor` (PIL backend).
 
-  The short side is resized to S (the long side to int(S * long / short)) with antialiased bicubic,
-  the centre S x S is cropped (offset (size - S) // 2), and pixels are scaled to [0, 1] and normalised
-  with CLIP's mean and std.
+  The checked entry to `preprocess_levels` (see there), which training calls on its float frames.
   """
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
     raise InputError("frames", f"{frames.dtype} array of shape {frames.shape}", "pass uint8 RGB frames (N, H, W, 3)")
   return _preprocess(jnp.asarray(frames), image_size)
+
+
+def preprocess_levels(levels: jax.Array, image_size: int) -> jax.Array:
+  """float (N, H, W, 3) grey levels in [0, 255] -> float32 (N, S, S, 3) CLIP pixels; traceable under jit.
+
+  The one CLIP preprocessing, for inference (`preprocess_images`) and training (`embed_frames`) alike,
+  OpenAI's and OpenCLIP's convention: the short side is resized to S (the long side to
+  int(S * long / short)) with antialiased bicubic, the centre S x S is cropped (offset (size - S) // 2),
+  and pixels are scaled to [0, 1] and normalised with CLIP's mean and std. A non-square frame is
+  cropped, never squashed: a model trained on squashed frames would see other shapes at inference.
+  """
+  _, h, w, _ = levels.shape
+  size = image_size
+  new_h, new_w = (int(size * h / w), size) if w <= h else (size, int(size * w / h))
+  x = _resize_like_pil(_resize_like_pil(levels.astype(jnp.float32), 2, new_w), 1, new_h)
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  x = x[:, top:top + size, left:left + size] / 255.0
+  return (x - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
 
 
 def _resize_like_pil(x: jax.Array, axis: int, size: int) -> jax.Array:
@@ -308,14 +324,7 @@ def _resize_like_pil(x: jax.Array, axis: int, size: int) -> jax.Array:
   return jnp.clip(jnp.floor(x + 0.5), 0.0, 255.0)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _preprocess(frames: jax.Array, size: int) -> jax.Array:
-  _, h, w, _ = frames.shape
-  new_h, new_w = (int(size * h / w), size) if w <= h else (size, int(size * w / h))
-  x = _resize_like_pil(_resize_like_pil(frames.astype(jnp.float32), 2, new_w), 1, new_h)
-  top, left = (new_h - size) // 2, (new_w - size) // 2
-  x = x[:, top:top + size, left:left + size] / 255.0
-  return (x - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
+_preprocess = jax.jit(preprocess_levels, static_argnums=1)
 
 
 class ClipTokenizer:

@@ -13,7 +13,8 @@ Training, editing and evaluation all go through this class, so each conditioning
   structure 'none'         no structure input;
   content 'text'           caption token ids -> CLIP text tower -> (B, L, D) tokens;
   content 'image'          a CLIP image embedding (B, D) -> one (B, 1, D) token (Gen-1); in training
-                           the frozen CLIP vision tower embeds a random frame of each clip.
+                           the frozen CLIP vision tower embeds a random frame of each clip, preprocessed
+                           as the pipeline's content image (`clip.preprocess_levels`).
 Params are one dict {'unet': ..., 'vae': ..., 'text_encoder': ...}; which parts train is the
 trainer's business (optax masks by path).
 """
@@ -30,14 +31,18 @@ import numpy as np
 from vidjax import diffusion
 from vidjax.conditioning.structure import normalize_depth, structure_fidelity_channels
 from vidjax.errors import ConfigError, InputError
-from vidjax.models.clip import (CLIP_MEAN, CLIP_STD, CLIPTextConfig, CLIPTextTransformer, CLIPVisionConfig,
-                               CLIPVisionTransformer)
+from vidjax.models.clip import (CLIPTextConfig, CLIPTextTransformer, CLIPVisionConfig, CLIPVisionTransformer,
+                               preprocess_levels)
 from vidjax.models.depth import normalize_depth_for_unet
 from vidjax.models.unet import UNetConfig, VideoUNet, init_inputs
 from vidjax.models.vae import AutoencoderKL, VAEConfig, decode_video, encode_video
 
 STRUCTURE_KINDS = ("none", "depth", "depth_pixels", "depth_latent")
 CONTENT_KINDS = ("text", "image")
+# How `encode_structure` min-max normalises depth, per structure: the manifest's
+# conditioning.depth_normalization (written by the export, checked by the pipeline's loader).
+DEPTH_NORMALIZATION = {"none": None, "depth": "per_frame_minmax", "depth_pixels": "per_frame_minmax",
+                       "depth_latent": "per_clip_minmax"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,12 +125,15 @@ class VideoDiffusionModel:
     return image_embeds[:, None, :]
 
   def embed_frames(self, params: Mapping[str, Any], frames: jax.Array, rng: jax.Array) -> jax.Array:
-    """CLIP image embeddings (B, D) of one random frame per clip; frames (B, T, H, W, 3) in [-1, 1]."""
+    """CLIP image embeddings (B, D) of one random frame per clip; frames (B, T, H, W, 3) in [-1, 1].
+
+    The frame goes through the one CLIP preprocessing (`clip.preprocess_levels`: short side, centre
+    crop), as the edit pipeline's content image does, at the grey levels the loader's frames came from.
+    """
     b, t = frames.shape[:2]
     picked = frames[jnp.arange(b), jax.random.randint(rng, (b,), 0, t)]
-    size = self.config.image_encoder.image_size
-    pixels = jax.image.resize((picked + 1.0) / 2.0, (b, size, size, 3), "cubic")
-    pixels = (pixels - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
+    levels = jnp.clip(jnp.round((picked + 1.0) * 127.5), 0.0, 255.0)
+    pixels = preprocess_levels(levels, self.config.image_encoder.image_size)
     return self.image_encoder.apply({"params": params["image_encoder"]}, pixels)["image_embeds"]
 
   def null_content(self, params: Mapping[str, Any], batch: int) -> jax.Array:

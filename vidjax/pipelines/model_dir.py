@@ -9,7 +9,8 @@ The manifest entries it reads (all written by those tools):
   scheduler       num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type,
                   timestep_spacing, steps_offset, set_alpha_to_one (diffusers' scheduler fields)
   conditioning    structure 'depth_1ch' | 'depth_pixels' | 'depth_latent' | 'none';
-                  content 'text_tokens' | 'image_embeds'
+                  content 'text_tokens' | 'image_embeds'; depth_normalization (optional) must be
+                  what the model applies (`video_model.DEPTH_NORMALIZATION`)
   video           num_frames (trained clip length), temporal_window (L_M; null = the whole past),
                   and for trained runs fps, stride and size [H, W]
   training        structure_fidelity_range [min, max] (the t_s the model saw), and the run's facts
@@ -31,7 +32,7 @@ from vidjax.conditioning.tokens import Tokenizer
 from vidjax.convert import pretrained
 from vidjax.convert.pretrained import CONTENTS, STRUCTURES
 from vidjax.errors import ConfigError, InputError
-from vidjax.models.video_model import ModelConfig, VideoDiffusionModel
+from vidjax.models.video_model import DEPTH_NORMALIZATION, ModelConfig, VideoDiffusionModel
 from vidjax.sampling.settings import SAMPLING_DEFAULTS, check_sampling_defaults  # noqa: F401 (part of this API)
 
 _MODEL_PARTS = ("unet", "vae", "text_encoder", "image_encoder")
@@ -93,6 +94,12 @@ def load_model_dir(path: str | os.PathLike) -> ModelDir:
     raise ConfigError(os.path.join(path, pretrained.CONFIG_FILE), f"conditioning {conditioning} is unknown",
                       f"structure must be one of {sorted(STRUCTURES)} and content one of {sorted(CONTENTS)}")
   check_sampling_defaults(manifest.get("sampling_defaults", {}), os.path.join(path, pretrained.CONFIG_FILE))
+  stated, applied = conditioning.get("depth_normalization"), DEPTH_NORMALIZATION[structure]
+  if stated is not None and structure != "none" and stated != applied:  # absent: older manifests, the model's own
+    raise ConfigError(os.path.join(path, pretrained.CONFIG_FILE),
+                      f"conditioning.depth_normalization is {stated!r}, but vidjax normalises {structure!r} depth "
+                      f"{applied!r}, as training does", f"use a checkpoint trained with {applied!r} depth (for a "
+                      f"vidjax training run, re-export it with `vidjax convert run`)")
   needed = ("unet", "vae", "text_encoder" if content == "text" else "image_encoder")
   missing = [name for name in needed if name not in manifest["components"]]
   if missing:

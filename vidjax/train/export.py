@@ -20,6 +20,7 @@ from vidjax.convert import common, pretrained
 from vidjax.convert.pretrained import CONTENTS, STRUCTURES
 from vidjax.errors import InputError
 from vidjax.models.build import build_model
+from vidjax.models.video_model import DEPTH_NORMALIZATION, ModelConfig
 from vidjax.sampling.settings import SAMPLING_DEFAULTS, check_sampling_defaults, parse_setting
 from vidjax.train.checkpoint import Checkpointer, load_params
 
@@ -59,9 +60,7 @@ def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, use_em
       "scheduler": {"num_train_timesteps": c.num_train_timesteps, "beta_schedule": c.beta_schedule,
                     "beta_start": c.beta_start, "beta_end": c.beta_end, "prediction_type": c.prediction_type,
                     "timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False},
-      "conditioning": {"structure": {v: k for k, v in STRUCTURES.items()}[c.structure],
-                       "content": {v: k for k, v in CONTENTS.items()}[c.content],
-                       "depth_normalization": "per_frame_minmax", "text_output": "last_hidden_state"},
+      "conditioning": conditioning_entry(c),
       # Trained without a window: causal attention over all of a clip's frames, so L_M = num_frames.
       "video": {"num_frames": int(clips["num_frames"]), "temporal_window": None, "stride": clips.get("stride"),
                 "size": [clips.get("height"), clips.get("width")]},
@@ -72,6 +71,14 @@ def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, use_em
     extra["sampling_defaults"] = sampling_defaults
   assets = {"tokenizer": data.tokenizer_dir} if c.content == "text" else {}
   return pretrained.save_pretrained(out_dir, components, extra=extra, assets=assets)
+
+
+def conditioning_entry(c: ModelConfig) -> dict[str, str | None]:
+  """The manifest's `conditioning` entry: structure, content, and the depth normalisation the model
+  applies (`DEPTH_NORMALIZATION`: per clip for 'depth_latent', per frame for 'depth' and 'depth_pixels')."""
+  return {"structure": {v: k for k, v in STRUCTURES.items()}[c.structure],
+          "content": {v: k for k, v in CONTENTS.items()}[c.content],
+          "depth_normalization": DEPTH_NORMALIZATION[c.structure], "text_output": "last_hidden_state"}
 
 
 def _sampling_defaults(texts: list[str]) -> dict[str, float]:

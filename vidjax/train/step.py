@@ -52,6 +52,11 @@ def make_train_step(model: VideoDiffusionModel, tx: optax.GradientTransformation
     if model.config.content == "text":
       content = {"tokens": jnp.where(drop[:, None], model.null_tokens(b), batch["tokens"])}
     else:  # Gen-1: the CLIP embedding of a random frame (cached embeddings when the batch has them)
+      if "image_embeds" not in batch and "frames" not in batch:
+        raise ConfigError("data.use_latents", "is set for a CLIP-image-content model, but the batches hold neither "
+                          "frames for the CLIP tower nor cached 'image_embeds'",
+                          "feed batches with precomputed CLIP image embeddings 'image_embeds' (B, D) beside the "
+                          "latents, or set data.use_latents=False so the frozen CLIP tower embeds a frame of each clip")
       embeds = batch["image_embeds"] if "image_embeds" in batch else model.embed_frames(frozen, batch["frames"], frame_key)
       content = {"image_embeds": jnp.where(drop[:, None], 0.0, embeds)}
     return latents, structure, content
@@ -76,6 +81,9 @@ def make_train_step(model: VideoDiffusionModel, tx: optax.GradientTransformation
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state_lib.update_ema(state.ema_params, params, config.ema_decay)
+    if isinstance(tx, optax.MultiSteps):  # accumulating: the EMA steps with the params, once per update
+      updated = tx.has_updated(opt_state)
+      ema = jax.tree_util.tree_map(lambda new, old: jnp.where(updated, new, old), ema, state.ema_params)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if config.nonfinite == "skip":  # keep the old state, but count the step so the data moves on
