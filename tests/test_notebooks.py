@@ -45,3 +45,13 @@ def test_notebooks_are_stored_small_without_outputs():
     nb = nbformat.read(path, as_version=4)
     with_outputs = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.outputs]
     assert not with_outputs, f"{path}: cells {with_outputs} are stored with outputs; clear them"
+
+
+def test_evaluate_runs_the_job_and_shows_a_results_table(tmp_path):
+  nb, seconds = _execute("evaluate.ipynb", f"num_items = 1\nnum_inference_steps = 2\nworkdir = {str(tmp_path / 'eval')!r}",
+                         os.path.dirname(NOTEBOOKS))  # from the checkout: configs/eval/toy.py by path
+  print(f"evaluate.ipynb executed in {seconds:.1f} s")
+  assert (tmp_path / "eval" / "results.json").is_file()
+  tables = [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if "text/markdown" in o.get("data", {})]
+  assert any("toy_frame_consistency" in t and "|---|" in t for t in tables), "no results table"
