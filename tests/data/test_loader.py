@@ -171,3 +171,21 @@ def test_config_errors(data):
     loader.Loader(make_config(data, batch_size=13), process_index=0, process_count=2)
   with pytest.raises(InputError, match="no manifest.json"):
     loader.Loader(make_config((data[0] + "/done", data[1])), process_index=0, process_count=1)
+
+
+def test_without_a_tokenizer_batches_carry_no_tokens(data):
+  """Uncaptioned training (Gen-1's image content): no tokenizer, captions never tokenized."""
+  batch = take(make_config((data[0], "")), 1)[0]
+  assert "tokens" not in batch
+  assert batch["frames"].shape[0] == 2
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
+def test_gen1_stage_data_settings_load_without_a_tokenizer(data, stage):
+  """The documented Gen-1 commands set no tokenizer_dir; their loader must start."""
+  gen1 = __import__(f"configs.gen1_stage{stage}", fromlist=["get_config"])
+  config = gen1.get_config().data
+  assert not config.tokenizer_dir
+  config.data_dir, config.batch_size, config.read_threads, config.prefetch_batches = data[0], 2, 1, 0
+  batch = take(config, 1)[0]
+  assert "tokens" not in batch and batch["frames"].ndim == 5

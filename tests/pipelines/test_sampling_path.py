@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 import tiny_model_dir
@@ -53,3 +54,21 @@ def test_the_training_summary_of_a_gen1_model_uses_the_batchs_structure_fidelity
 def test_frames_are_rounded_to_uint8_not_truncated():
   levels = generate.to_uint8(np.asarray([-1.0, -2.0, 1.0, 3.0, 127.6 / 127.5 - 1.0, 127.4 / 127.5 - 1.0]))
   np.testing.assert_array_equal(levels, [0, 0, 255, 255, 128, 127])
+
+
+def test_the_training_summary_of_an_image_content_model_embeds_the_batchs_first_frame(tmp_path):
+  """Loader batches carry frames, never image_embeds: the summary's content is the CLIP embedding of the
+  first clip's first frame, from the model's frozen image encoder, as the train step embeds frames."""
+  pipe = VideoEditPipeline.from_pretrained(tiny_model_dir.write(tmp_path / "image", content="image"), progress=False)
+  clip = toyworld.render_clip(7, num_frames=tiny_model_dir.FRAMES, height=32, width=32, stride=1)
+  frames = (clip.rgb[None].astype(np.float32) / 127.5 - 1.0)
+  batch = {"frames": np.concatenate([frames, frames[:, ::-1]]), "depth": clip.disparity[None, ..., None].repeat(2, 0),
+           "structure_fidelity": np.zeros((2,), np.int32)}
+  conditioning = loop.sample_conditioning(batch, pipe.model, pipe.params)
+  expected = pipe.model.embed_frames(pipe.params, frames[:, :1], jax.random.key(5))
+  assert conditioning["image_embeds"].shape == (1, 16)
+  np.testing.assert_allclose(conditioning["image_embeds"], expected, rtol=1e-5, atol=1e-6)
+  summary = loop.sample_summary(pipe.model, pipe.params, conditioning, num_inference_steps=2, seed=3)
+  assert summary.dtype == np.uint8 and summary.shape == (1, tiny_model_dir.FRAMES, 32, 32, 3)
+  last = loop.sample_conditioning({**batch, "frames": frames[:, ::-1]}, pipe.model, pipe.params)
+  assert not np.allclose(last["image_embeds"], conditioning["image_embeds"])  # the frame's content is used

@@ -107,3 +107,10 @@ def test_an_exported_run_loads_for_editing_with_its_sampling_defaults(run, tmp_p
   for path, value in exported.items():
     assert value.dtype == np.float16
     np.testing.assert_allclose(value, trained[path], rtol=1e-3, atol=1e-4, err_msg="/".join(path))
+
+
+def test_a_text_model_without_a_tokenizer_is_refused_before_anything_is_written(tmp_path):
+  config = tiny_config.tiny_config(**{"data.tokenizer_dir": ""})
+  with pytest.raises(ConfigError, match="tokenizer_dir.*caption text"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

@@ -12,7 +12,8 @@ image_batch_size, default B * T, for an image batch, whose time axis has length 
   depth               float32 (N, T|1, H, W, 1) as stored ([0, 1], 1 = near) after the t_s blur; the
                       model normalises it (`VideoDiffusionModel.encode_structure`, once)
   structure_fidelity  int32 (N,), the paper's t_s, uniform in [min, max] of the config
-  tokens              int32 (N, L), the caption's token ids padded to L
+  tokens              int32 (N, L), the caption's token ids padded to L (absent without tokenizer_dir:
+                      image-content training, Gen-1's, reads no captions)
   object_mask         float32 (N, T|1, H, W, 1), 1 on object pixels (only when the shards hold masks)
   is_image            bool, 0-d: True for an image batch
 
@@ -53,7 +54,7 @@ def default_loader_config() -> ml_collections.ConfigDict:
   """Loader settings; batch sizes are per process."""
   config = ml_collections.ConfigDict()
   config.data_dir = ""  # shard folder with manifest.json (data_pipelines/build_shards.py)
-  config.tokenizer_dir = ""  # transformers tokenizer folder; toy: vidjax.toyworld.save_tokenizer
+  config.tokenizer_dir = ""  # transformers tokenizer folder (toy: vidjax.toyworld.save_tokenizer); "" = no tokens
   config.max_caption_tokens = 0  # L; 0 = the tokenizer's model_max_length
   config.batch_size = 8  # clips per video batch
   config.image_fraction = 0.125  # Gen-1: image batches with probability 12.5%
@@ -128,9 +129,10 @@ class AssembleBatch(grain.transforms.MapWithIndex):
         pixels: pixel_values,
         "depth": _augment_depth(clips["depth"].astype(np.float32), fidelity),
         "structure_fidelity": fidelity,
-        "tokens": tokenize(captions, s.tokenizer_dir, s.max_caption_tokens),
         "is_image": np.asarray(is_image),
     }
+    if s.tokenizer_dir:
+      batch["tokens"] = tokenize(captions, s.tokenizer_dir, s.max_caption_tokens)
     if "masks" in clips:
       batch["object_mask"] = (clips["masks"] > 0).astype(np.float32)[..., None]
     return batch
@@ -159,7 +161,6 @@ def _settings(config: ml_collections.ConfigDict, manifest: records.Manifest,
       (not 0 <= low <= high, "need 0 <= structure_fidelity_min <= structure_fidelity_max"),
       (config.use_latents and "latents" not in manifest.fields,
        f"use_latents is set but {config.data_dir} holds no latents"),
-      (not config.tokenizer_dir, "tokenizer_dir is empty"),
   ]
   for failed, problem in problems:
     if failed:
@@ -204,7 +205,7 @@ class Loader:
   """An iterator of batch dicts with checkpointable state (see the module docstring).
 
   Args:
-    config: `default_loader_config()` with data_dir and tokenizer_dir set.
+    config: `default_loader_config()` with data_dir set (and tokenizer_dir for caption tokens).
     process_index, process_count: this process's place among the data-loading processes;
       default `jax.process_index()` and `jax.process_count()`.
   """

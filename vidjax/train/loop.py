@@ -43,6 +43,9 @@ class _Preemption:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains to config.train.num_steps (or until preempted); returns the final smoothed metrics."""
+  if config.model.content == "text" and not config.data.tokenizer_dir:
+    raise ConfigError("data.tokenizer_dir", "is empty but the model's content is caption text",
+                      "set --config.data.tokenizer_dir=<tokenizer folder>, or train on content='image'")
   mesh_lib.maybe_initialize_distributed()
   devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
   mesh = mesh_lib.make_mesh(config.mesh.shape.to_dict(), devices)
@@ -87,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, metrics = step_fn(state, sharding_lib.global_batch(local, mesh), image_mode)
       if config.log.data_trace:
         _trace_batch(workdir, step, local)
-      monitor.after_dispatch(step, metrics, local, image_mode, checkpointer)  # reads the previous step
+      monitor.after_dispatch(step, metrics, local, image_mode, checkpointer, state.params)  # reads the previous step
       step += 1
       if config.log.sample_every_steps and step % config.log.sample_every_steps == 0 and monitor.sample_conditioning:
         video = sample_summary(model, state_lib.with_ema(state.params, state.ema_params), monitor.sample_conditioning,
@@ -123,9 +126,10 @@ class _Monitor:
     self.sample_conditioning = None
     self.window_start, self.window_flops = time.perf_counter(), 0.0
 
-  def after_dispatch(self, step, metrics, local, image_mode, checkpointer):
-    if self.sample_conditioning is None and not image_mode:
-      self.sample_conditioning = sample_conditioning(local)
+  def after_dispatch(self, step, metrics, local, image_mode, checkpointer, params):
+    # A video batch's first clip; an image batch's first frame when the run sees only images (Gen-1 stage 1).
+    if self.sample_conditioning is None and (not image_mode or self.config.data.image_fraction >= 1):
+      self.sample_conditioning = sample_conditioning(local, self.model, params)
     self.flush(checkpointer)
     self.pending = (step, metrics, _batch_shape(local), image_mode)
 
@@ -199,13 +203,22 @@ def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardi
   return jax.device_put(merged, shardings)
 
 
-def sample_conditioning(batch: dict[str, Any]) -> dict[str, Any]:
-  """The sample summaries' fixed conditioning: the first clip of a video batch, as the loader gave it.
+def sample_conditioning(batch: dict[str, Any], model=None, params=None) -> dict[str, Any]:
+  """The sample summaries' fixed conditioning: the first clip of a batch, as the loader gave it.
 
   The depth comes blurred by the clip's t_s, so its `structure_fidelity` comes too: a 'depth_latent'
-  model reads t_s as channels, and must see the value the depth was blurred with.
+  model reads t_s as channels, and must see the value the depth was blurred with. An image-content
+  model (Gen-1) gets the CLIP image embedding (1, D) of the clip's first frame from its frozen image
+  encoder (`model.embed_frames`, as the train step embeds a batch), when the batch carries none:
+  loader batches never do.
   """
-  return {k: batch[k][:1] for k in ("depth", "structure_fidelity", "tokens", "image_embeds") if k in batch}
+  conditioning = {k: batch[k][:1] for k in ("depth", "structure_fidelity", "tokens", "image_embeds") if k in batch}
+  if (model is not None and model.config.content == "image" and "image_embeds" not in conditioning
+      and "frames" in batch):
+    # One frame, so embed_frames' random frame choice has nothing to choose: the key does not matter.
+    embeds = model.embed_frames(params, np.asarray(batch["frames"][:1, :1]), jax.random.key(0))
+    conditioning["image_embeds"] = np.asarray(jax.device_get(embeds))
+  return conditioning
 
 
 def sample_summary(model, params, conditioning: dict[str, Any], *, num_inference_steps: int, seed: int) -> np.ndarray:

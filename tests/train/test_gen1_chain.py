@@ -1,0 +1,162 @@
+"""Gen-1's four training stages end to end on toy data, built from the real stage configs (sizes only
+overridden), each `init_from` the last, then an edit of the exported stage-4 run with a reference image.
+
+stage 0 (a stand-in for the converted SD checkpoint: random tiny UNet with a 16-wide text context,
+         VAE and CLIP vision tower) -> 1 (images, image content, change_context_width to 12)
+-> 2 (+ temporal layers, 12.5 % image batches) -> 3 (+ 'depth_latent', widen_input_channels, t_s = 0)
+-> 4 (t_s in 0..7).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import tiny_config
+from configs import base
+from vidjax import tree
+from vidjax.convert import pretrained
+from vidjax.pipelines.edit import VideoEditPipeline
+from vidjax.train import export, loop, surgery
+from vidjax.train.checkpoint import Checkpointer
+
+STEPS, FRAMES, SIZE, WIDTH = 2, 4, 16, 12  # WIDTH: the toy CLIP image embedding (ViT-L/14's 768)
+
+
+def gen1_tiny(stage: int, data_dir: str, init_from: str):
+  """configs/gen1_stage{stage}.py with toy sizes; every stage-specific field comes from the real config."""
+  config = importlib.import_module(f"configs.gen1_stage{stage}").get_config()
+  real = config.model.unet
+  tiny = tiny_config.tiny_config()
+  config.data.update(data_dir=data_dir, batch_size=8, image_batch_size=8, prefetch_batches=0, read_threads=1)
+  config.model.vae = tiny.model.vae
+  config.model.image_encoder.update(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
+                                    image_size=SIZE, patch_size=8, projection_dim=WIDTH)
+  config.model.unet = base.unet_fields(
+      in_channels=real.in_channels, block_out_channels=(8, 16), layers_per_block=1, attention_levels=(True, True),
+      num_attention_heads=(2, 2), cross_attention_dim=WIDTH, norm_num_groups=4, temporal_conv=real.temporal_conv,
+      temporal_attention=real.temporal_attention, temporal_max_frames=FRAMES)
+  config.mesh = tiny.mesh
+  config.init_from = init_from
+  config.train.update(num_steps=STEPS, warmup_steps=1, lr=1e-3, lr_schedule="constant")
+  config.checkpoint.update(every_steps=STEPS, keep=2, async_save=False)
+  config.log.update(every_steps=STEPS, sample_every_steps=STEPS, sample_num_inference_steps=2)
+  return config
+
+
+def _stage0(folder: str, data_dir: str) -> str:
+  """The converted-SD stand-in: stage 1's components, its UNet with a 16-wide (text) cross-attention."""
+  rng = np.random.default_rng(0)
+  components = {}
+  for width, names in ((16, ("unet",)), (WIDTH, ("vae", "image_encoder"))):
+    config = gen1_tiny(1, data_dir, "")
+    config.model.unet.cross_attention_dim = config.model.image_encoder.projection_dim = width
+    model = loop.build_model(config)
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    for name in names:
+      params = jax.tree.map(lambda s: (rng.standard_normal(s.shape) * 0.1).astype(np.float32), shapes[name])
+      components[name] = (getattr(model.config, name), params)
+  return pretrained.save_pretrained(folder, components)
+
+
+def _fresh_params(config):
+  """Zeros in the stage's param shapes: what `_init_from` merges the previous stage into."""
+  c = loop.build_model(config).config
+  return {name: jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), pretrained.param_shapes(getattr(c, name)))
+          for name in ("unet", "vae", "image_encoder")}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, data):
+  root = tmp_path_factory.mktemp("gen1")
+  previous = _stage0(str(root / "stage0"), data["data.data_dir"])
+  runs, configs, samples = {0: previous}, {}, {}
+  real_summary = loop.sample_summary
+  with pytest.MonkeyPatch.context() as patch:
+    for stage in (1, 2, 3, 4):
+      def spy(*args, _stage=stage, **kwargs):
+        video = real_summary(*args, **kwargs)
+        samples.setdefault(_stage, []).append(video)
+        return video
+      patch.setattr(loop, "sample_summary", spy)
+      configs[stage] = gen1_tiny(stage, data["data.data_dir"], previous)
+      workdir = str(root / f"stage{stage}")
+      summary = loop.train_and_evaluate(configs[stage], workdir)
+      assert summary["step"] == STEPS and np.isfinite(summary["last_smoothed_loss"])
+      runs[stage] = previous = workdir
+  exported = export.export_run(runs[4], str(root / "exported"))
+  return {"runs": runs, "configs": configs, "samples": samples, "exported": exported}
+
+
+def _unet(path: str):
+  return surgery.load_weights(path)["unet"]
+
+
+@pytest.mark.slow
+def test_each_stage_writes_a_checkpoint_and_a_sample_summary(chain):
+  for stage in (1, 2, 3, 4):
+    with Checkpointer(f"{chain['runs'][stage]}/checkpoints", async_save=False) as checkpointer:
+      assert checkpointer.latest_step() == STEPS
+    (video,) = chain["samples"][stage]
+    frames = 1 if stage == 1 else FRAMES  # stage 1 sees image batches only: its sample is one frame
+    assert video.dtype == np.uint8 and video.shape == (1, frames, SIZE, SIZE, 3)
+
+
+@pytest.mark.slow
+def test_surgery_keeps_what_it_should_and_inits_what_it_adds(chain):
+  runs, configs = chain["runs"], chain["configs"]
+  stage0 = _unet(runs[0])
+  stage1 = loop._init_from(configs[1], _fresh_params(configs[1]), None)["unet"]
+  # change_context_width: cross-attention keys/values re-made for the 12-wide image embedding, the rest kept.
+  attn = stage1["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]
+  source_attn = stage0["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]
+  assert attn["attn2"]["to_k"]["kernel"].shape[0] == WIDTH != source_attn["attn2"]["to_k"]["kernel"].shape[0]
+  np.testing.assert_array_equal(attn["attn1"]["to_q"]["kernel"], source_attn["attn1"]["to_q"]["kernel"])
+  np.testing.assert_array_equal(stage1["conv_in"]["kernel"], stage0["conv_in"]["kernel"])
+
+  stage1_final = _unet(runs[1])
+  stage2 = loop._init_from(configs[2], _fresh_params(configs[2]), None)["unet"]
+  flat2, flat1 = tree.flatten(stage2), tree.flatten(stage1_final)
+  temporal = [p for p in flat2 if "temporal" in "/".join(p)]
+  assert temporal and all(p not in flat1 for p in temporal)  # stage 2 adds them; they keep their own init
+  for path, value in flat1.items():
+    np.testing.assert_array_equal(flat2[path], value, err_msg="/".join(path))
+
+  stage2_final = _unet(runs[2])
+  stage3 = loop._init_from(configs[3], _fresh_params(configs[3]), None)["unet"]
+  kernel = stage3["conv_in"]["kernel"]  # (3, 3, 4 latent + 4 depth latent + 4 t_s, out)
+  assert kernel.shape[2] == 12
+  np.testing.assert_array_equal(kernel[:, :, :4], stage2_final["conv_in"]["kernel"])
+  assert not np.any(kernel[:, :, 4:])  # widen_input_channels: the structure channels start at zero
+
+  # The frozen towers are stage 0's all the way through, and training changed the UNet.
+  for stage in (1, 2, 3, 4):
+    weights = surgery.load_weights(runs[stage])
+    for name in ("vae", "image_encoder"):
+      for a, b in zip(jax.tree.leaves(weights[name]), jax.tree.leaves(surgery.load_weights(runs[0])[name])):
+        np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(_unet(runs[4])["conv_in"]["kernel"], _unet(runs[3])["conv_in"]["kernel"])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="open defect (issue 16): red and blue reference images give bit-identical "
+                   "edits of the exported stage-4 run; cause not found yet (bit-identical suggests the image "
+                   "content is not reaching the UNet, not merely a weak tiny CLIP tower)")
+def test_the_exported_stage4_run_edits_with_a_reference_image(chain, tmp_path):
+  pipe = VideoEditPipeline.from_pretrained(chain["exported"], progress=False)
+  rng = np.random.default_rng(0)
+  depth = rng.random((FRAMES, SIZE, SIZE)).astype(np.float32)
+  paths = []
+  for i, colour in enumerate(((230, 20, 20), (20, 20, 230))):  # plain red, plain blue: far apart for CLIP
+    paths.append(tmp_path / f"ref{i}.png")
+    Image.fromarray(np.full((SIZE, SIZE, 3), colour, np.uint8)).save(paths[-1])
+  edit = lambda image, fidelity=0: pipe(depth=depth, image=str(image), num_inference_steps=2, seed=0,
+                                         structure_fidelity=fidelity).frames
+  first = edit(paths[0])
+  assert first.shape == (FRAMES, SIZE, SIZE, 3) and first.dtype == np.uint8
+  np.testing.assert_array_equal(edit(paths[0]), first)
+  assert not np.array_equal(edit(paths[1]), first)
