@@ -6,7 +6,6 @@ import time
 
 import nbclient
 import nbformat
-import pytest
 
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
 MAX_STORED_BYTES = 50_000  # outputs belong in a run, not in the repository
