@@ -41,10 +41,13 @@ def shared_video():
 # two workers in collection order; by default it reorders them by test count, which sent the
 # few-but-long subprocess tests last and left one worker running them alone at the end. Heavy files
 # first, then the rest in their usual order, lets the workers finish together (longest job first).
+# test_loop.py's runs and test_loop_processes.py's compile the same programs: started together they
+# compiled each twice at once (about 180 s of CPU on 2 cores), so test_train_step.py (other programs)
+# runs beside the first and test_loop.py finds its programs in the persistent cache.
 HEAVIEST_FIRST = (
     "tests/train/test_loop_processes.py",
-    "tests/train/test_loop.py",
     "tests/train/test_train_step.py",
+    "tests/train/test_loop.py",
     "tests/train/test_toy_recipe.py",  # the main job at 2 steps: about 2 min on 2 cores
     "tests/pipelines/test_edit_cli.py",
     "tests/pipelines/test_evaluate.py",

@@ -20,10 +20,10 @@ from vidjax.train.checkpoint import Checkpointer, load_params
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, data):
+def run(tmp_path_factory, loop_base):
   """The workdir of one 2-step run on the default mesh (all 8 devices on 'data'); tests must not change it."""
   workdir = tmp_path_factory.mktemp("run")
-  summary = loop.train_and_evaluate(tiny_config.tiny_config(**data, **{"train.num_steps": 2}), str(workdir))
+  summary = loop.train_and_evaluate(tiny_config.tiny_config(**loop_base, **{"train.num_steps": 2}), str(workdir))
   assert summary["step"] == 2 and np.isfinite(summary["last_smoothed_loss"])
   return workdir
 
@@ -44,30 +44,30 @@ class _NanInSecondBatch(loop.Loader):
     return batch
 
 
-def test_a_nan_batch_stops_with_a_message_and_the_checkpoint_stays_loadable(run, tmp_path, data, monkeypatch):
+def test_a_nan_batch_stops_with_a_message_and_the_checkpoint_stays_loadable(run, tmp_path, loop_base, monkeypatch):
   workdir = _copy(run, tmp_path)
   monkeypatch.setattr(loop, "Loader", _NanInSecondBatch)
   with pytest.raises(ConfigError, match=r"training step 4.*not finite.*step 2\) is intact"):
-    loop.train_and_evaluate(tiny_config.tiny_config(**data, **{"train.num_steps": 6}), str(workdir))
+    loop.train_and_evaluate(tiny_config.tiny_config(**loop_base, **{"train.num_steps": 6}), str(workdir))
   assert Checkpointer(workdir / "checkpoints").latest_step() == 2
   params = load_params(workdir / "checkpoints")
   assert all(np.isfinite(v).all() for v in common.flatten(params).values())
 
 
-def test_a_checkpoint_from_mesh_8x1_continues_on_4x2_and_on_one_device(run, tmp_path, data):
+def test_a_checkpoint_from_mesh_8x1_continues_on_4x2_and_on_one_device(run, tmp_path, loop_base):
   # Each restore reshards: replicated on 8 devices -> kernels split over fsdp -> all on one device.
   workdir = _copy(run, tmp_path)
   for steps, mesh, devices in ((4, dict(data=4, fsdp=2), 0), (6, dict(data=1), 1)):
-    config = tiny_config.tiny_config(**data, **{"train.num_steps": steps, "mesh.num_devices": devices})
+    config = tiny_config.tiny_config(**loop_base, **{"train.num_steps": steps, "mesh.num_devices": devices})
     config.mesh.shape = mesh
     summary = loop.train_and_evaluate(config, str(workdir))
     assert summary["step"] == steps and np.isfinite(summary["last_smoothed_loss"])
   assert Checkpointer(workdir / "checkpoints").finished_steps()[-3:] == [2, 4, 6]
 
 
-def test_a_decoder_stage_keeps_the_encoder_of_the_last_init_from_source_and_trains_a_wider_decoder(tmp_path, data):
+def test_a_decoder_stage_keeps_the_encoder_of_the_last_init_from_source_and_trains_a_wider_decoder(tmp_path, loop_base):
   def stage(workdir, **overrides):
-    config = tiny_config.tiny_config(**data, **{"vae_stage.num_steps": 2, "vae_stage.batch_size": 2}, **overrides)
+    config = tiny_config.tiny_config(**loop_base, **{"vae_stage.num_steps": 2, "vae_stage.batch_size": 2}, **overrides)
     directory = vae_stage.train_vae(config, loop.build_model(config).vae, str(workdir))
     return directory, common.flatten(load_params(directory)["vae"])
 
