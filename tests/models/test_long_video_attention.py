@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vidjax.models import layers
 from vidjax.models.attention import Attention, CausalBand
 from vidjax.models.temporal import TemporalTransformer
 from vidjax.models.unet import UNetConfig, VideoUNet, init_inputs
@@ -79,7 +80,7 @@ def test_unet_frame_sees_only_its_two_stacked_windows_on_a_long_clip():
                       attention_levels=(True,), num_attention_heads=(2,), cross_attention_dim=8, norm_num_groups=4,
                       temporal_attention=True, temporal_relative_position=C, temporal_causal=True)
   unet = VideoUNet(config)
-  params = nn.meta.unbox(jax.jit(unet.init)(jax.random.key(0), **init_inputs(config, frames=2)))["params"]
+  params = nn.meta.unbox(jax.jit(unet.init)(layers.init_key(jax.random.key(0)), **init_inputs(config, frames=2)))["params"]
   down = params["down_blocks_0"]
   first_temporal = _perturbed(down["temporal_attentions_0"], seed=1)
   params = {**params, "down_blocks_0": {**down, "temporal_attentions_0": first_temporal}}

@@ -14,6 +14,7 @@ import torch_oracle
 from vidjax import diffusion
 from vidjax.convert.diffusers_unet import convert_unet
 from vidjax.convert.diffusers_vae import convert_vae
+from vidjax.models import layers
 from vidjax.models.unet import UNetConfig, VideoUNet, init_inputs
 from vidjax.models.vae import AutoencoderKL, decode_video
 from vidjax.sampling.sampler import Sampler, SamplingConfig
@@ -76,7 +77,7 @@ def test_sixteen_frame_temporal_guidance_call_compiles_once():
                       num_attention_heads=(2, 2), cross_attention_dim=8, norm_num_groups=4, temporal_conv="pseudo3d",
                       temporal_attention=True, temporal_relative_position=16, temporal_causal=True)
   unet = VideoUNet(config)
-  params = jax.jit(unet.init)(jax.random.key(0), **init_inputs(config, frames=2))["params"]
+  params = jax.jit(unet.init)(layers.init_key(jax.random.key(0)), **init_inputs(config, frames=2))["params"]
   sampler = Sampler(unet, diffusion.make_schedule(),
                     SamplingConfig(num_inference_steps=3, with_temporal_guidance=True))
   shape = (1, 16, 10, 6)  # 16 frames, as long videos run; a small, non-square latent: the loop runs at -O0

@@ -11,6 +11,7 @@ import tiny_config
 from vidjax import toyworld
 from vidjax.convert import common
 from vidjax.errors import InputError
+from vidjax.models import layers
 from vidjax.parallel import make_mesh, unbox
 from vidjax.parallel import sharding as sharding_lib
 from vidjax.train import loop, surgery
@@ -123,12 +124,12 @@ def test_surgery_adding_temporal_layers_and_input_channels_keeps_outputs(tokeniz
   image_config.model.structure = "none"
   image_model = loop.build_model(image_config)
   image_params = jax.tree_util.tree_map(lambda x: x + 0.01, unbox(
-      jax.jit(image_model.init)(jax.random.key(1))))
+      jax.jit(image_model.init)(layers.init_key(jax.random.key(1)))))
   latents = jax.random.normal(jax.random.key(2), (2, 4, 8, 8, 4))
   t, context = jnp.array([10, 700]), jax.random.normal(jax.random.key(3), (2, 16, 16))
   reference = image_model.unet.apply({"params": image_params["unet"]}, latents, t, context, image_mode=True)
 
-  video_params = unbox(jax.jit(model.init)(jax.random.key(4)))
+  video_params = unbox(jax.jit(model.init)(layers.init_key(jax.random.key(4))))
   merged, report = surgery.merge_params(video_params["unet"], surgery.widen_input_channels(image_params["unet"], 5))
   assert report.kept_init and all("temporal_" in p for p in report.kept_init) and not report.unused
   depth = jax.random.normal(jax.random.key(5), (2, 4, 8, 8, 1))  # any values: the new input weights are zero
@@ -162,7 +163,7 @@ def test_depth_pixels_give_each_latent_cell_its_own_pixels_after_the_coarse_dept
     for dx in range(2):  # channel 1 + 2 dy + dx of cell (i, j) is pixel (2 i + dy, 2 j + dx)
       np.testing.assert_allclose(structure[..., 1 + 2 * dy + dx], normalized[:, :, dy::2, dx::2], atol=1e-5)
 
-  params = unbox(jax.jit(coarse_model.init)(jax.random.key(1)))
+  params = unbox(jax.jit(coarse_model.init)(layers.init_key(jax.random.key(1))))
   params = jax.tree_util.tree_map(lambda x: x + 0.01, params)
   widened = {**params, "unet": surgery.widen_input_channels(params["unet"], 9)}
   latents = jax.random.normal(jax.random.key(2), (2, 3, 8, 8, 4))

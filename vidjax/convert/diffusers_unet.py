@@ -17,6 +17,7 @@ import numpy as np
 
 from vidjax import tree
 from vidjax.convert import common
+from vidjax.models import layers
 from vidjax.models.unet import UNetConfig, VideoUNet, init_inputs
 
 
@@ -31,7 +32,8 @@ def unet_param_shapes(config: UNetConfig) -> dict[str, Any]:
 
 
 def init_unet_params(config: UNetConfig, seed: int = 0) -> dict[str, Any]:
-  return nn.unbox(jax.jit(VideoUNet(config).init)(jax.random.key(seed), **init_inputs(config)))["params"]
+  init = jax.jit(VideoUNet(config).init)
+  return nn.unbox(init(layers.init_key(jax.random.key(seed)), **init_inputs(config)))["params"]
 
 
 def convert_unet(source: str | os.PathLike | Mapping[str, np.ndarray], config: UNetConfig | None = None, *,

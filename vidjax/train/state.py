@@ -21,6 +21,7 @@ import ml_collections
 import optax
 
 from vidjax.errors import ConfigError
+from vidjax.models import layers
 from vidjax.tree import flatten, path_string, unflatten
 from vidjax.parallel import sharding as sharding_lib
 
@@ -102,20 +103,9 @@ def create_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTran
   """A fresh TrainState from an init function (boxed params keep their logical names); EMA over the
   params `labels` marks 'train'."""
   init_key, state_key = jax.random.split(rng)
-  params = init_params(_rbg_key(init_key))
+  params = init_params(layers.init_key(init_key))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     ema_params=trainable_subtree(params, labels), rng=jax.random.key_data(state_key))
-
-
-def _rbg_key(key: jax.Array) -> jax.Array:
-  """An 'rbg' key made from a threefry key's bits: init draws through XLA's RngBitGenerator.
-
-  Flax derives each param's key by threefry splits either way; only the bits differ. The init
-  program is the job's longest compile otherwise: threefry's hash, unrolled once per param, took
-  124 s to compile for the toy state on 2 CPU cores, against 39 s with 'rbg' (MaxText makes the
-  same choice, for its whole run).
-  """
-  return jax.random.wrap_key_data(jax.random.key_data(jax.random.split(key)).reshape(4), impl="rbg")
 
 
 def sharded_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
