@@ -19,7 +19,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   config.model.structure = "depth"  # 'depth_pixels' has its own test in test_train_step
   # Attention at the second level (and the mid block) only. XLA's CPU compile time grows with the
   # number of arrays (init draws, Adam and EMA are per array), and the first level's attention blocks
-  # held 40% of them: the state had 2565 arrays, now 1646.
+  # held over a third of them: the state had 2565 arrays, now 1646.
   config.model.unet = toy.base.unet_fields(
       in_channels=5, block_out_channels=(8, 16), layers_per_block=1, attention_levels=(False, True),
       num_attention_heads=(2, 2), cross_attention_dim=16, norm_num_groups=4, temporal_conv="conv1d",

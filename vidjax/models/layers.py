@@ -29,7 +29,7 @@ def init_key(key: jax.Array) -> jax.Array:
 
   Init then draws through XLA's RngBitGenerator; Flax derives each param's key the same way, only
   the bits differ. XLA's CPU compile of an init program costs per param, and threefry's hash,
-  unrolled once per param, is most of it: 124 s against 39 s for the toy state on 2 cores, and
+  unrolled once per param, is a large share of it: 124 s against 39 s for the toy state on 2 cores, and
   77 s against 47 s for the tests' tiny Make-Your-Video UNet (1166 params, quiet Zen 3). MaxText
   makes the same choice for its whole run.
   """
