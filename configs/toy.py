@@ -10,7 +10,7 @@ latent size plus each latent cell's 4x4 depth pixels), and the UNet gets fresh t
 that train (300 steps; the objects' latent cells weigh more through the masks). Finally it scores
 the model on the toy recolouring benchmark's held-out scenes (their depth, captions with new
 colours), printing IoU and colour accuracy, and writes the first edit to <workdir>/edit.mp4.
-Measured (README): 454 s with the install on a loaded 2-core Zen 5; IoU 0.708, colour 81.8 %.
+Measured (README): 397 s with the install on a quiet 2-core Zen 3 (454 s on a loaded Zen 5); IoU 0.708, colour 81.8 %.
 The former recipe (a VAE and a UNet from scratch in 850 steps) took 42 min on a Zen 3 and ended
 in a blur: too few CPU steps to learn what the depth means.
 """

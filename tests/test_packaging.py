@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import shutil
 import sys
 import tomllib
 
+import pytest
+
+from vidjax.errors import ConfigError
 from vidjax.train import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,14 +25,6 @@ def test_only_vidjax_is_installed_with_the_configs_inside_it():
   assert setuptools["package-dir"] == {"vidjax.configs": "configs"}
 
 
-def _load(path: str):
-  """A config file as absl's config_flags loads one: by path, as a module of its own."""
-  spec = importlib.util.spec_from_file_location("loaded_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_a_bare_configs_path_is_the_installed_copy_where_the_folder_has_none(tmp_path, monkeypatch):
   installed = tmp_path / "site-packages" / "vidjax" / "configs"
   shutil.copytree(ROOT / "configs", installed, ignore=shutil.ignore_patterns("__pycache__"))
@@ -43,7 +37,9 @@ def test_a_bare_configs_path_is_the_installed_copy_where_the_folder_has_none(tmp
       del sys.modules[name]
     path = main.resolve_config("configs/toy.py")
     assert path == str(installed / "toy.py")
-    config = _load(path).get_config()  # its `from configs import base` reads the same folder
+    config = main.load_config("configs/toy.py", {"train.num_steps": 7})  # what notebooks call
+    assert config.train.num_steps == 7 and config.is_locked
+    # its `from configs import base` reads the same folder
     assert sys.modules["configs.base"].__file__ == str(installed / "base.py")
     assert config.final_edit.num_inference_steps == 25
     assert main._resolve_config_flag("--config=configs/gen1.py", "") == f"--config={installed / 'gen1.py'}"
@@ -58,3 +54,9 @@ def test_a_checkout_path_is_used_as_given_and_binds_its_own_configs(monkeypatch)
   monkeypatch.chdir(ROOT)
   assert main.resolve_config("configs/toy.py:arg") == "configs/toy.py:arg"
   assert sys.modules["configs"].__file__ == str(ROOT / "configs" / "__init__.py")
+
+
+def test_load_config_names_a_missing_file(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ConfigError, match="no such config file"):
+    main.load_config("configs/no_such_experiment.py")

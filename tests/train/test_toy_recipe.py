@@ -48,8 +48,12 @@ def test_the_toy_job_trains_the_temporal_layers_and_ends_with_its_benchmark_figu
                "checkpoint.every_steps": 2, "checkpoint.async_save": False, "log.every_steps": 1,
                "log.sample_every_steps": 0, "final_edit.num_clips": 1, "final_edit.num_inference_steps": 2}
   config = main.with_values(toy.get_config(), overrides)
-  assert main.run(config, workdir) == 0
+  logged = []
+  assert main.run(config, workdir, on_log=lambda step, values: logged.append((step, values))) == 0
   out = capsys.readouterr().out
+  # The notebooks' live plot hook: every logged step, with the values TensorBoard gets.
+  assert [step for step, _ in logged] == [1, 2]
+  assert all(np.isfinite(v["loss"]) and "learning_rate" in v for _, v in logged)
   last = out.strip().splitlines()[-1]
   assert re.search(r"step 2: smoothed loss [0-9.]+ \(first\) -> [0-9.]+ \(last\); toy benchmark \(1 held-out "
                    r"scenes\): IoU [01]\.\d{3}, colour \d+\.\d %$", last), last

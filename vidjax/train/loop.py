@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -41,8 +41,13 @@ class _Preemption:
     signal.signal(signal.SIGTERM, lambda *_: setattr(self, "requested", True))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains to config.train.num_steps (or until preempted); returns the final smoothed metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       on_log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+  """Trains to config.train.num_steps (or until preempted); returns the final smoothed metrics.
+
+  on_log(step, values): called on process 0 with the scalars written to TensorBoard every
+  `log.every_steps` steps (loss, grad_norm, learning_rate, ...), e.g. to draw a live plot in a notebook.
+  """
   if config.model.content == "text" and not config.data.tokenizer_dir:
     raise ConfigError("data.tokenizer_dir", "is empty but the model's content is caption text",
                       "set --config.data.tokenizer_dir=<tokenizer folder>, or train on content='image'")
@@ -78,7 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
                     out_shardings=(shardings, None), donate_argnums=0, static_argnums=2)
   step = int(state.step)
-  monitor = _Monitor(config, model, workdir, step)
+  monitor = _Monitor(config, model, workdir, step, on_log)
   preemption = _Preemption()
   config_json = json.loads(config.to_json_best_effort())
   save = lambda force=False: checkpointer.save(step, state, data_state=loader.get_state(), config=config_json,
@@ -114,8 +119,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 class _Monitor:
   """Reads each step's metrics one step late (the device keeps working), checks them, logs them."""
 
-  def __init__(self, config, model, workdir, start_step):
-    self.config, self.model = config, model
+  def __init__(self, config, model, workdir, start_step, on_log):
+    self.config, self.model, self.on_log = config, model, on_log
     data = config.data
     self.writer = MetricWriter(os.path.join(workdir, "logs"))
     self.progress = ProgressLine(config.train.num_steps, clips_per_step=data.batch_size * jax.process_count(),
@@ -159,6 +164,8 @@ class _Monitor:
       else:
         values["model_tflops"] = self.window_flops / (now - self.window_start) / 1e12
       self.writer.scalars(step + 1, values)
+      if self.on_log is not None and jax.process_index() == 0:
+        self.on_log(step + 1, values)
       self.window_start, self.window_flops = now, 0.0
 
 

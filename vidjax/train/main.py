@@ -31,8 +31,18 @@ from ml_collections import config_flags
 import vidjax
 from vidjax.errors import ConfigError
 
-# Where a wheel installs the experiment configs (pyproject.toml maps configs/ to vidjax.configs).
-INSTALLED_CONFIGS = os.path.join(os.path.dirname(vidjax.__file__), "configs")
+
+
+def _installed_configs() -> str:
+  """Where the installed experiment configs are: pyproject.toml maps configs/ to vidjax.configs, which is
+  vidjax/configs in a wheel and the checkout's configs/ in an editable install."""
+  spec = importlib.util.find_spec("vidjax.configs")
+  if spec is not None and spec.submodule_search_locations:
+    return list(spec.submodule_search_locations)[0]
+  return os.path.join(os.path.dirname(vidjax.__file__), "configs")  # a checkout on PYTHONPATH, not installed
+
+
+INSTALLED_CONFIGS = _installed_configs()
 
 _FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", flag_values=_FLAGS,
@@ -66,6 +76,21 @@ def resolve_config(path: str) -> str:
       file = installed
   bind_configs_package(os.path.dirname(os.path.abspath(file)))
   return file + sep + rest
+
+
+def load_config(path: str, overrides: dict[str, object] | None = None) -> ml_collections.ConfigDict:
+  """The config `--config PATH[:ARG]` would give (found the same way), with the dotted `overrides` set, locked.
+
+  For notebooks and scripts: `load_config("configs/toy.py", {"train.num_steps": 60})`.
+  """
+  file, _, arg = resolve_config(path).partition(":")
+  if not os.path.isfile(file):
+    raise ConfigError(path, "no such config file (nor an installed one of that name)",
+                      "pass the path of a configs/*.py file, e.g. configs/toy.py")
+  spec = importlib.util.spec_from_file_location(f"_vidjax_config_{os.path.basename(file)[:-3]}", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return with_values(module.get_config(arg) if arg else module.get_config(), overrides or {})
 
 
 def bind_configs_package(folder: str) -> None:
@@ -113,7 +138,11 @@ def with_values(config: ml_collections.ConfigDict, values: dict[str, object]) ->
   return copy
 
 
-def run(config, workdir: str) -> int:
+def run(config, workdir: str, *, on_log=None) -> int:
+  """The whole job: data (when the config builds it), the VAE stage, training, the final toy edit.
+
+  on_log(step, values): passed to `loop.train_and_evaluate` (a notebook's live loss plot).
+  """
   import jax
 
   from vidjax.train import loop, toy  # heavy imports after argument checks
@@ -134,7 +163,7 @@ def run(config, workdir: str) -> int:
     vae_dir, scaling_factor = toy.train_vae_stage(config, loop.build_model(config), workdir)
     config = with_values(config, {"init_from": ",".join(p for p in (config.init_from, vae_dir) if p),
                                   "model.vae.scaling_factor": scaling_factor})
-  summary = loop.train_and_evaluate(config, workdir)
+  summary = loop.train_and_evaluate(config, workdir, on_log=on_log)
   figures = ""
   if config.get("final_edit") and config.final_edit.enabled and summary["step"] >= config.train.num_steps:
     report = toy.final_edit(config, workdir)
