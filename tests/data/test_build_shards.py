@@ -89,8 +89,8 @@ def test_killed_run_leaves_no_partial_shard_and_resumes(tmp_path, monkeypatch):
     return original(self, item, clip)
 
   monkeypatch.setattr(ToySource, "load", dies_on_item_4)
-  with pytest.raises(KeyboardInterrupt):
-    build_toy_shards(tmp_path, 7, examples_per_shard=3)
+  with pytest.raises(KeyboardInterrupt):  # the local builder, in this process (Beam's kill test: test_beam_shards.py)
+    build_toy_shards(tmp_path, 7, examples_per_shard=3, extra=("--runner", "local"))
   assert sorted(os.listdir(tmp_path)) == ["done", "shard-00000-of-00003.array_record"]
   first = shard_mtimes(tmp_path)
   # What a SIGKILL leaves behind: a temporary file, never a file under a shard's name.
