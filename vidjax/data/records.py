@@ -84,7 +84,8 @@ def encode_example(example: Mapping[str, Any], fields: Mapping[str, FieldSpec]) 
     if spec.dtype == STRING:
       packed[name] = str(example[name])
       continue
-    array = np.ascontiguousarray(example[name], dtype=spec.dtype)
+    array = np.asarray(example[name], dtype=spec.dtype)
+    array = np.ascontiguousarray(array) if array.ndim else array  # ascontiguousarray makes a scalar 1-D
     if array.shape != spec.shape:
       raise ValueError(f"field {name!r} has shape {array.shape}, the schema says {spec.shape}")
     packed[name] = {"dtype": spec.dtype, "shape": list(array.shape), "data": array.tobytes()}
