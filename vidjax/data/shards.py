@@ -35,7 +35,7 @@ import json
 import multiprocessing
 import os
 import pathlib
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import av
 import numpy as np
@@ -50,6 +50,8 @@ WARNINGS_NAME = "warnings.jsonl"
 # Per-item failures that skip the item instead of stopping the build: bad inputs, and decoder
 # errors that surface while decoding a stream.
 ITEM_ERRORS = (InputError, av.FFmpegError)
+# Clips a depth model sees in one call (finish_clips): enough to fill a DPT batch, few enough to bound memory.
+CLIPS_PER_DEPTH_BATCH = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,17 +260,19 @@ def warning_rows(item: Item, clip: SourceClip) -> list[dict[str, str]]:
 
 
 def commit_shard(spec: BuildSpec, name: str, fingerprint: str, encoded: Iterable[bytes],
-                 skipped: list[dict[str, str]], warnings: list[dict[str, str]]) -> ShardResult:
+                 skipped: list[tuple[tuple[int, int], dict[str, str]]], warnings: list[dict[str, str]]) -> ShardResult:
   """Step 3: writes shard `name` under a temporary name, renames it, then writes its marker.
 
-  `encoded` may be a generator that fills `skipped` and `warnings` as it runs. Committing the same
-  shard twice (a retried Beam bundle) writes the same bytes again: the commit is idempotent.
+  `encoded` may be a generator that fills `skipped` ((position, start frame), row) and `warnings` as it
+  runs; the marker lists the skipped rows by position. Committing the same shard twice (a retried
+  Beam bundle) writes the same bytes again: the commit is idempotent.
   """
   path = os.path.join(spec.output_dir, name)
   num_examples = records.write_shard(path, encoded)
   if num_examples == 0:
     os.remove(path)
-  result = ShardResult(name, num_examples, skipped, {k: v.to_json() for k, v in schema(spec).items()},
+  rows = [row for _, row in sorted(skipped, key=lambda s: s[0])]
+  result = ShardResult(name, num_examples, rows, {k: v.to_json() for k, v in schema(spec).items()},
                        warnings=warnings)
   done = dataclasses.asdict(result) | {"fingerprint": fingerprint}
   done.pop("reused")
@@ -277,21 +281,37 @@ def commit_shard(spec: BuildSpec, name: str, fingerprint: str, encoded: Iterable
   return result
 
 
+def _loaded(spec: BuildSpec, items: list[Item], skipped: list) -> Iterator[list[tuple[int, Item, SourceClip]]]:
+  """Step 1 over a shard's items: batches of (position, item, clip), at most CLIPS_PER_DEPTH_BATCH clips
+  each, in item order; a bad item's row goes to `skipped`."""
+  batch = []
+  for position, item in enumerate(items):
+    try:
+      clips = load_clips(spec, item)
+    except ITEM_ERRORS as e:
+      skipped.append(((position, -1), skip_row(item.key, item, e)))
+      continue
+    batch += [(position, item, clip) for clip in clips]
+    if len(batch) >= CLIPS_PER_DEPTH_BATCH:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
+
+
 def build_shard(spec: BuildSpec, task: ShardTask) -> ShardResult:
-  """Writes one shard (skipping bad items) and then its done marker; returns what it holds."""
+  """Writes one shard (skipping bad items and clips) and then its done marker; returns what it holds.
+
+  Its clips stream through: load an item, depth and encode a batch, write; a shard never sits in memory.
+  """
   skipped, warned = [], []
 
   def encoded():
-    for item in task.items:
-      try:
-        clips = load_clips(spec, item)
-        finished = finish_clips(spec, [(item, clip) for clip in clips])
-      except ITEM_ERRORS as e:
-        skipped.append(skip_row(item.key, item, e))
-        continue
-      for clip, record in zip(clips, finished):
+    for batch in _loaded(spec, task.items, skipped):
+      finished = finish_clips(spec, [(item, clip) for _, item, clip in batch])
+      for (position, item, clip), record in zip(batch, finished):
         if isinstance(record, dict):
-          skipped.append(record)
+          skipped.append(((position, clip.start_frame), record))
           continue
         warned.extend(warning_rows(item, clip))
         yield record
