@@ -73,11 +73,22 @@ def pipeline_options(pipeline_args: list[str]) -> PipelineOptions:
   paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
   if _ROOT not in paths:
     os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT] + [p for p in paths if p])
+  fix = "check the spelling against `vidjax build-shards --help` and Beam's pipeline options"
   try:
-    return PipelineOptions(pipeline_args)
+    options = PipelineOptions(pipeline_args)
+    # A flag neither build-shards nor Beam knows is a typo: refused, as argparse refuses it with --runner local.
+    logger = logging.getLogger("apache_beam.options.pipeline_options")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # Beam would log 'Discarding unparseable args' first
+    try:
+      unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
+    finally:
+      logger.setLevel(level)
   except (ValueError, SystemExit) as e:
-    raise InputError(" ".join(pipeline_args), f"not Beam pipeline options ({e})",
-                     "see `python -m apache_beam.examples.wordcount --help` for Beam's flags") from e
+    raise InputError(" ".join(pipeline_args), f"not Beam pipeline options ({e})", fix) from e
+  if unknown:
+    raise InputError(f"--{unknown[0]}", "unknown flag (neither build-shards' nor a Beam pipeline option)", fix)
+  return options
 
 
 def run_pipeline(spec: shards.BuildSpec, plan: shards.Plan, options: PipelineOptions) -> None:
@@ -90,10 +101,11 @@ def run_pipeline(spec: shards.BuildSpec, plan: shards.Plan, options: PipelineOpt
 def build(spec: shards.BuildSpec, pipeline_args: list[str],
           log: Callable[[str], None] = lambda message: None) -> shards.BuildReport:
   """Builds (or resumes) the shards with Beam, then writes skipped.jsonl, warnings.jsonl and manifest.json."""
+  options = pipeline_options(pipeline_args)  # a typo fails before anything is listed or written
   plan = shards.plan_build(spec, log)
   if plan.pending:
     shards.schema(spec)  # a broken encode_fn fails here, once, not in every worker
-    run_pipeline(spec, plan, pipeline_options(pipeline_args))
+    run_pipeline(spec, plan, options)
   results = dict(plan.reused)
   for task in plan.pending:
     result = shards.committed(spec, task.name, task.fingerprint)

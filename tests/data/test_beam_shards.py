@@ -21,7 +21,7 @@ pytest.importorskip("apache_beam")
 
 from data_pipelines import build_shards  # noqa: E402
 from vidjax.data import clips, loader, records, video_io  # noqa: E402
-from vidjax.errors import EXIT_OK, EXIT_PARTIAL, InputError  # noqa: E402
+from vidjax.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, InputError  # noqa: E402
 from vidjax.toyworld import save_tokenizer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -114,6 +114,18 @@ def test_bad_videos_exit_3_with_reasons_on_two_workers(tmp_path, capsys):
   assert build_shards.main(folder_args(root, tmp_path / "local", "--examples_per_shard", "2",
                                        "--runner", "local")) == EXIT_PARTIAL
   assert folder_bytes(beam) == folder_bytes(tmp_path / "local")
+
+
+def test_unknown_flags_exit_2_and_beam_options_pass_through(tmp_path, capsys):
+  assert build_toy_shards(tmp_path / "typo", 2, extra=("--num_exmaples", "5")) == EXIT_ERROR
+  assert "--num_exmaples: unknown flag" in capsys.readouterr().err
+  assert build_toy_shards(tmp_path / "local", 2, extra=("--runner", "local", "--direct_num_workers", "2")) == EXIT_ERROR
+  assert not (tmp_path / "typo").exists() and not (tmp_path / "local").exists()  # nothing written
+  # Beam's own options reach Beam: its threads instead of its processes, the same bytes.
+  assert build_toy_shards(tmp_path / "threads", 4, examples_per_shard=2, extra=(
+      "--direct_num_workers", "2", "--direct_running_mode", "multi_threading")) == EXIT_OK
+  assert build_toy_shards(tmp_path / "one", 4, examples_per_shard=2) == EXIT_OK
+  assert folder_bytes(tmp_path / "threads") == folder_bytes(tmp_path / "one")
 
 
 def test_a_10_s_video_at_a_clip_stride_of_2_s_gives_5_clips_with_their_offsets(tmp_path):
