@@ -19,8 +19,9 @@ from data_fakes import build_toy_shards, folder_args, make_video_folder, toy_fra
 
 pytest.importorskip("apache_beam")
 
-from data_pipelines import build_shards  # noqa: E402
-from vidjax.data import clips, loader, records, video_io  # noqa: E402
+from data_pipelines import beam_shards, build_shards  # noqa: E402
+from vidjax.data import clips, loader, records, shards, video_io  # noqa: E402
+from vidjax.data.sources import ClipSpec, ToySource  # noqa: E402
 from vidjax.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, InputError  # noqa: E402
 from vidjax.toyworld import save_tokenizer  # noqa: E402
 
@@ -114,6 +115,39 @@ def test_bad_videos_exit_3_with_reasons_on_two_workers(tmp_path, capsys):
   assert build_shards.main(folder_args(root, tmp_path / "local", "--examples_per_shard", "2",
                                        "--runner", "local")) == EXIT_PARTIAL
   assert folder_bytes(beam) == folder_bytes(tmp_path / "local")
+
+
+def fake_vae(frames: np.ndarray) -> np.ndarray:
+  """(N, H, W, 3) uint8 -> (N, H/4, W/4, 4): 4x4 mean pooling plus the frame's mean (a per-frame fake VAE)."""
+  n, h, w, _ = frames.shape
+  pooled = frames.reshape(n, h // 4, 4, w // 4, 4, 3).mean(axis=(2, 4)) / 255.0
+  return np.concatenate([pooled, np.broadcast_to(pooled.mean(axis=(1, 2, 3))[:, None, None, None], pooled.shape[:3] + (1,))], -1)
+
+
+def fake_clip(frames: np.ndarray) -> np.ndarray:
+  """(N, H, W, 3) uint8 -> (N, 5): each frame's mean colour, brightest and darkest pixel (a fake CLIP image tower)."""
+  flat = frames.reshape(len(frames), -1, 3).astype(np.float32) / 255.0
+  return np.concatenate([flat.mean(1), flat.max((1, 2))[:, None], flat.min((1, 2))[:, None]], -1)
+
+
+def test_latents_and_clip_embeddings_are_cached_per_clip_through_beam(tmp_path):
+  spec = shards.BuildSpec(ToySource(5, 0), ClipSpec(FRAMES, STRIDE, 16, 16), str(tmp_path / "beam"), "toy",
+                          examples_per_shard=3, encode_fn=fake_vae, embed_fn=fake_clip)
+  assert beam_shards.build(spec, ["--runner", "DirectRunner"]).exit_status == EXIT_OK
+  source = records.ExampleSource(tmp_path / "beam")
+  assert source.manifest.fields["latents"] == records.FieldSpec((FRAMES, 4, 4, 4), "float16")
+  assert source.manifest.fields["clip_embeddings"] == records.FieldSpec((FRAMES, 5), "float16")
+  for i in range(5):  # computed on batches of several clips' frames, equal to the clip's own
+    frames = source[i]["frames"]
+    np.testing.assert_array_equal(source[i]["latents"], fake_vae(frames).astype(np.float16))
+    np.testing.assert_array_equal(source[i]["clip_embeddings"], fake_clip(frames).astype(np.float16))
+  local = dataclasses.replace(spec, output_dir=str(tmp_path / "local"))
+  assert shards.build_shards(local).exit_status == EXIT_OK
+  assert folder_bytes(tmp_path / "local") == folder_bytes(tmp_path / "beam")
+  config = loader.default_loader_config()  # the loader reads them unchanged, latents included
+  config.data_dir, config.batch_size, config.use_latents, config.image_fraction = spec.output_dir, 2, True, 0.0
+  batch = next(loader.Loader(config, process_index=0, process_count=1))
+  assert batch["latents"].shape == (2, FRAMES, 4, 4, 4)
 
 
 def test_unknown_flags_exit_2_and_beam_options_pass_through(tmp_path, capsys):

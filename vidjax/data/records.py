@@ -17,6 +17,7 @@ Fields of an example (T frames of H x W):
   caption  str
   key      str, the source's id of the clip
   latents  float16 (T, h, w, 4), optional: cached VAE latents of `frames`
+  clip_embeddings  float16 (T, D), optional: cached CLIP image embeddings of `frames`, one per frame
   masks    uint8 (T, H, W), optional: 0 = background, k = the k-th object of the caption
   start_frame  int32 (), optional: the video frame the clip starts at (clip policies other than
            one clip from the start, `vidjax.data.clips`)
@@ -40,6 +41,7 @@ from vidjax.errors import InputError, atomic_path
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SKIPPED_NAME = "skipped.jsonl"
+CLIP_EMBEDDINGS = "clip_embeddings"
 STRING = "str"
 # One record per chunk, so reading record i decodes only record i (random access for shuffling).
 WRITER_OPTIONS = "group_size:1"

@@ -58,8 +58,11 @@ CLIPS_PER_DEPTH_BATCH = 16
 class BuildSpec:
   """Everything that determines the shards' contents.
 
-  `encode_fn(frames uint8 (T, H, W, 3)) -> (T, h, w, 4)` caches VAE latents in the records; with
-  --num_workers > 1 it must be a module-level function (it is pickled to the workers).
+  `encode_fn(frames uint8 (N, H, W, 3)) -> (N, h, w, 4)` caches VAE latents in the records and
+  `embed_fn(frames uint8 (N, H, W, 3)) -> (N, D)` CLIP image embeddings (`clip_embeddings`, one per
+  frame: Gen-1's content). Both act per frame and are called on a batch of clips' frames at once
+  (N = the sum of their T), so a jitted model runs once per batch. With several workers they must be
+  module-level functions (they are pickled to the workers).
   """
 
   source: ToySource | FolderSource | TfdsSource
@@ -70,6 +73,7 @@ class BuildSpec:
   depth_weights: str | None = None
   examples_per_shard: int = 256
   encode_fn: Callable[[np.ndarray], np.ndarray] | None = None
+  embed_fn: Callable[[np.ndarray], np.ndarray] | None = None
   # 'dpt' depth: weights path -> f(frames) -> inverse depth (module-level: pickled to the workers).
   load_depth_model: Callable[[str], Callable[[np.ndarray], np.ndarray]] | None = None
 
@@ -127,6 +131,7 @@ def _fingerprint(spec: BuildSpec, name: str, items: list[Item]) -> str:
       "source": dataclasses.asdict(spec.source), "kind": spec.source.kind,
       "clip": dataclasses.asdict(spec.clip), "depth": spec.depth_method,
       "depth_dir": spec.depth_dir, "encode_fn": getattr(spec.encode_fn, "__qualname__", None),
+      "embed_fn": getattr(spec.embed_fn, "__qualname__", None),
       "shard": name, "items": [[item.key, item.ref, item.caption] for item in items],
       "code": code_version(),
   }
@@ -214,13 +219,20 @@ def estimator(spec: BuildSpec) -> depth_estimators.DepthEstimator:
 def schema(spec: BuildSpec) -> dict[str, records.FieldSpec]:
   """The records' fields; `start_frame` (int32) under a clip policy other than one clip from the start."""
   clip = spec.clip
-  latent_shape = None
-  if spec.encode_fn is not None:
-    probe = np.zeros((clip.num_frames, clip.height, clip.width, 3), np.uint8)
-    latent_shape = np.shape(spec.encode_fn(probe))
-  return records.clip_fields(clip.num_frames, clip.height, clip.width, latent_shape=latent_shape,
-                             with_masks=getattr(spec.source, "with_masks", False),
-                             with_start_frame=not clip.from_start)
+  probe = np.zeros((clip.num_frames, clip.height, clip.width, 3), np.uint8)
+  latent_shape = None if spec.encode_fn is None else np.shape(spec.encode_fn(probe))
+  fields = records.clip_fields(clip.num_frames, clip.height, clip.width, latent_shape=latent_shape,
+                               with_masks=getattr(spec.source, "with_masks", False),
+                               with_start_frame=not clip.from_start)
+  if spec.embed_fn is not None:
+    fields[records.CLIP_EMBEDDINGS] = records.FieldSpec(np.shape(spec.embed_fn(probe)), "float16")
+  return fields
+
+
+def _per_clip(fn: Callable[[np.ndarray], np.ndarray], clips: list[SourceClip]) -> list[np.ndarray]:
+  """A per-frame `fn` on all the clips' frames at once (sum of T, H, W, 3), its output split back per clip."""
+  out = np.asarray(fn(np.concatenate([clip.frames for clip in clips])))
+  return np.split(out, np.cumsum([len(clip.frames) for clip in clips])[:-1])
 
 
 def skip_row(key: str, item: Item, error: Exception) -> dict[str, str]:
@@ -234,19 +246,23 @@ def load_clips(spec: BuildSpec, item: Item) -> list[SourceClip]:
 
 
 def finish_clips(spec: BuildSpec, pairs: list[tuple[Item, SourceClip]]) -> list[bytes | dict[str, str]]:
-  """Step 2, on a batch of (item, clip) pairs: depth (one model call), latents, one encoded record each.
+  """Step 2, on a batch of (item, clip) pairs: depth, latents, CLIP embeddings (one call each), a record each.
 
   Returns, in the pairs' order, each clip's record, or its skipped.jsonl row when it has no depth.
   """
   fields = schema(spec)
+  depths = depth_estimators.estimate_batch(estimator(spec), [clip for _, clip in pairs])
+  kept = [clip for (_, clip), depth in zip(pairs, depths) if not isinstance(depth, Exception)]
+  cached = {name: iter(_per_clip(fn, kept)) for name, fn in (("latents", spec.encode_fn),
+                                                            (records.CLIP_EMBEDDINGS, spec.embed_fn))
+            if fn is not None and kept}
   out = []
-  for (item, clip), depth in zip(pairs, depth_estimators.estimate_batch(estimator(spec), [c for _, c in pairs])):
+  for (item, clip), depth in zip(pairs, depths):
     if isinstance(depth, Exception):
       out.append(skip_row(clip.key, item, depth))
       continue
     example = {"frames": clip.frames, "depth": depth, "caption": clip.caption, "key": clip.key}
-    if "latents" in fields:
-      example["latents"] = spec.encode_fn(clip.frames)
+    example.update({name: next(values) for name, values in cached.items()})
     if "masks" in fields:
       example["masks"] = clip.masks
     if "start_frame" in fields:
