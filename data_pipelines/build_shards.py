@@ -104,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
       help="default: toy for --source toy; required otherwise")
   add("--depth_dir", help="depth folder: <depth_dir>/<key>.npy")
   add("--depth_weights", help="depth dpt: local weights")
+  add("--vae_dir", help="cache VAE latents: a `vidjax convert vae` folder (data.use_latents trains on them)")
+  add("--clip_dir", help="cache CLIP image embeddings per frame: a `vidjax convert clip` folder with a projection")
   add("--examples_per_shard", type=_positive, default=256)
   add("--num_workers", type=_positive, default=1, help="DirectRunner or local: worker processes")
   add("--runner", default="DirectRunner",
@@ -137,7 +139,23 @@ def spec_from_args(args: argparse.Namespace) -> BuildSpec:
                   clip_offsets=args.clip_offsets, seed=args.seed, min_video_frames=args.min_video_frames,
                   scene_cut_threshold=args.scene_cut_threshold).check()
   return BuildSpec(source, clip, args.output_dir, depth, args.depth_dir, args.depth_weights,
-                   args.examples_per_shard, load_depth_model=load_dpt)
+                   args.examples_per_shard, load_depth_model=load_dpt, **_encoders(args))
+
+
+def _encoders(args: argparse.Namespace) -> dict[str, object]:
+  """encode_fn / embed_fn for --vae_dir / --clip_dir; InputError for a folder without the component."""
+  out = {}
+  for flag, folder, field, component, kind in (("--vae_dir", args.vae_dir, "encode_fn", "vae", "vae"),
+                                               ("--clip_dir", args.clip_dir, "embed_fn", "image_encoder", "clip")):
+    if folder is None:
+      continue
+    # jax and the models load only when asked for: the plain build needs neither.
+    from data_pipelines import encoders  # pylint: disable=g-import-not-at-top
+    from vidjax.convert import pretrained  # pylint: disable=g-import-not-at-top
+    if component not in pretrained.read_manifest(folder)["components"]:
+      raise InputError(f"{flag} {folder}", f"holds no '{component}' component", f"write one with `vidjax convert {kind}`")
+    out[field] = encoders.VaeLatents(folder) if field == "encode_fn" else encoders.ClipEmbeddings(folder)
+  return out
 
 
 def executor(args: argparse.Namespace, pipeline_args: list[str]) -> Callable[..., BuildReport]:

@@ -1,5 +1,6 @@
 """`vidjax build-shards` on Apache Beam's DirectRunner: same bytes for any worker count, after a SIGKILL, as the
-local builder; bad items as a side output; several clips per video (vidjax.data.clips)."""
+local builder; bad items listed with reasons; cached latents and CLIP embeddings; several clips per video
+(vidjax.data.clips)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,20 @@ import sys
 import textwrap
 import time
 
+import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 from data_fakes import build_toy_shards, folder_args, make_video_folder, toy_frames, write_depth, write_video
 
 pytest.importorskip("apache_beam")
 
-from data_pipelines import beam_shards, build_shards  # noqa: E402
+from data_pipelines import beam_shards, build_shards, encoders  # noqa: E402
+from vidjax.convert import pretrained  # noqa: E402
 from vidjax.data import clips, loader, records, shards, video_io  # noqa: E402
 from vidjax.data.sources import ClipSpec, ToySource  # noqa: E402
+from vidjax.models import clip  # noqa: E402
+from vidjax.models.vae import VAEConfig  # noqa: E402
 from vidjax.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, InputError  # noqa: E402
 from vidjax.toyworld import save_tokenizer  # noqa: E402
 
@@ -148,6 +154,28 @@ def test_latents_and_clip_embeddings_are_cached_per_clip_through_beam(tmp_path):
   config.data_dir, config.batch_size, config.use_latents, config.image_fraction = spec.output_dir, 2, True, 0.0
   batch = next(loader.Loader(config, process_index=0, process_count=1))
   assert batch["latents"].shape == (2, FRAMES, 4, 4, 4)
+
+
+def test_vae_dir_and_clip_dir_cache_a_converted_models_latents_and_embeddings(tmp_path):
+  vae = VAEConfig(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4)
+  vision = clip.CLIPVisionConfig(hidden_size=16, intermediate_size=23, num_attention_heads=2, num_hidden_layers=1,
+                                 image_size=16, patch_size=8, projection_dim=7)
+  rng = np.random.default_rng(0)
+  vae_params = jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(np.float32), pretrained.param_shapes(vae))
+  clip_params = nn.unbox(clip.CLIPVisionTransformer(vision).init(jax.random.key(0), np.zeros((1, 16, 16, 3))))["params"]
+  weights = pretrained.save_pretrained(tmp_path / "weights", {"vae": (vae, vae_params), "image_encoder": (vision, clip_params)})
+  out = tmp_path / "shards"
+  assert build_toy_shards(out, 3, extra=("--vae_dir", weights, "--clip_dir", weights)) == EXIT_OK
+  source = records.ExampleSource(out)
+  assert source.manifest.fields["latents"] == records.FieldSpec((FRAMES, 8, 8, 4), "float16")
+  assert source.manifest.fields["clip_embeddings"] == records.FieldSpec((FRAMES, 7), "float16")
+  for i in range(3):
+    frames = source[i]["frames"]
+    np.testing.assert_allclose(source[i]["latents"], encoders.VaeLatents(weights)(frames), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(source[i]["clip_embeddings"], encoders.ClipEmbeddings(weights)(frames), rtol=2e-3,
+                               atol=2e-3)
+  assert float(np.std(source[0]["latents"])) > 0.01  # a real encoding, not zeros
+  assert build_toy_shards(tmp_path / "no_clip", 3, extra=("--clip_dir", str(tmp_path))) == EXIT_ERROR
 
 
 def test_unknown_flags_exit_2_and_beam_options_pass_through(tmp_path, capsys):

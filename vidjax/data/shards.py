@@ -126,12 +126,16 @@ def code_version() -> str:
   return f"{vidjax.__version__}+{digest.hexdigest()[:12]}"
 
 
+def _describe(fn: Callable | None) -> str | None:
+  """A function's qualified name, or a callable object's repr (a dataclass's names its folder)."""
+  return None if fn is None else getattr(fn, "__qualname__", None) or repr(fn)
+
+
 def _fingerprint(spec: BuildSpec, name: str, items: list[Item]) -> str:
   settings = {
       "source": dataclasses.asdict(spec.source), "kind": spec.source.kind,
       "clip": dataclasses.asdict(spec.clip), "depth": spec.depth_method,
-      "depth_dir": spec.depth_dir, "encode_fn": getattr(spec.encode_fn, "__qualname__", None),
-      "embed_fn": getattr(spec.embed_fn, "__qualname__", None),
+      "depth_dir": spec.depth_dir, "encode_fn": _describe(spec.encode_fn), "embed_fn": _describe(spec.embed_fn),
       "shard": name, "items": [[item.key, item.ref, item.caption] for item in items],
       "code": code_version(),
   }
