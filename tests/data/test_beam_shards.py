@@ -51,7 +51,8 @@ def reference(tmp_path_factory) -> dict[str, bytes]:
 
 def test_one_and_two_workers_and_the_local_builder_write_the_same_bytes(reference, tmp_path):
   assert build_toy_shards(tmp_path / "two", 7, examples_per_shard=3, extra=("--num_workers", "2")) == EXIT_OK
-  assert build_toy_shards(tmp_path / "local", 7, examples_per_shard=3, extra=("--runner", "local")) == EXIT_OK
+  assert build_toy_shards(tmp_path / "local", 7, examples_per_shard=3,  # the toy main job's process pool
+                          extra=("--runner", "local", "--num_workers", "2")) == EXIT_OK
   assert sorted(reference) == ["done/" + records.shard_name(i, 3) + ".json" for i in range(3)] + [
       records.MANIFEST_NAME, records.shard_name(0, 3), records.shard_name(1, 3), records.shard_name(2, 3),
       records.SKIPPED_NAME, build_shards.WARNINGS_NAME]
