@@ -1,4 +1,5 @@
-"""benchmarks/gpu.py end to end at its tiny size on CPU: the figures it prints and the FLOPs it counts.
+"""benchmarks/gpu.py end to end at its tiny size on CPU: the figures it prints and the FLOPs it counts;
+benchmarks/build_shards.py on a few clips: both builders' figures, and the same bytes.
 
 Speed is not asserted (a shared CPU says nothing about a GPU); what is checked is what the figures
 mean: every figure finite and positive, the train step's count the model's (3x the UNet forward
@@ -9,10 +10,12 @@ a 2B-clip forward (classifier-free guidance doubles the batch), and MFU = count 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import math
 import pathlib
+import re
 import sys
 
 import pytest
@@ -22,6 +25,12 @@ from vidjax.models.unet import UNetConfig
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+
+# benchmarks/build_shards.py, by path: `build_shards` alone would read as data_pipelines' job.
+_SPEC = importlib.util.spec_from_file_location(
+    "build_shards_benchmark", pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "build_shards.py")
+build_shards_benchmark = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(build_shards_benchmark)
 
 STEPS = 50
 
@@ -72,3 +81,15 @@ def test_sample_counts_guided_steps(records):
   # A train step is 3 forwards on B clips; a CFG sampling step is 1 forward on 2B clips.
   assert sample["flops_counted"] == STEPS * 2 * train["flops_counted"] // 3
   assert sample["seconds_per_step"] == pytest.approx(sample["seconds"] / STEPS)
+
+
+def test_build_shards_benchmark_times_both_builders_and_finds_the_same_bytes(capsys):
+  pytest.importorskip("apache_beam")
+  assert build_shards_benchmark.main(["--clips", "8", "--examples_per_shard", "4"]) == 0
+  out = capsys.readouterr().out
+  rates = {name: float(rate) for name, rate in re.findall(r"^(local process pool|Beam DirectRunner) +([\d.]+) clips/s",
+                                                          out, re.MULTILINE)}
+  assert set(rates) == {"local process pool", "Beam DirectRunner"} and all(r > 0 for r in rates.values())
+  ratio = float(re.search(r"Beam / local: ([\d.]+)x", out).group(1))
+  assert ratio == pytest.approx(rates["Beam DirectRunner"] / rates["local process pool"], rel=0.05)
+  assert "same bytes: yes" in out and "load average" in out and "CPU " in out

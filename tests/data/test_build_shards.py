@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from data_fakes import build_toy_shards, toy_frames, write_video
+from data_fakes import build_toy_shards, folder_args, make_video_folder, toy_frames, write_depth, write_video
 
 from data_pipelines import build_shards
 from vidjax.data.sources import ClipSpec, ToySource
@@ -43,13 +43,6 @@ class VidjaxTestVideos(tfds.core.GeneratorBasedBuilder):
 def shard_mtimes(folder) -> dict[str, int]:
   return {name: os.stat(os.path.join(folder, name)).st_mtime_ns
           for name in sorted(os.listdir(folder)) if name.endswith(".array_record")}
-
-
-def write_depth(depth_dir, key: str, shape: tuple[int, int, int]) -> None:
-  """A precomputed inverse-depth map (a ramp) for clip `key`."""
-  path = os.path.join(depth_dir, key + ".npy")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  np.save(path, np.broadcast_to(np.linspace(1.0, 5.0, shape[2], dtype=np.float32), shape))
 
 
 def test_toy_shards_hold_the_rendered_clips(tmp_path):
@@ -89,8 +82,8 @@ def test_killed_run_leaves_no_partial_shard_and_resumes(tmp_path, monkeypatch):
     return original(self, item, clip)
 
   monkeypatch.setattr(ToySource, "load", dies_on_item_4)
-  with pytest.raises(KeyboardInterrupt):
-    build_toy_shards(tmp_path, 7, examples_per_shard=3)
+  with pytest.raises(KeyboardInterrupt):  # the local builder, in this process (Beam's kill test: test_beam_shards.py)
+    build_toy_shards(tmp_path, 7, examples_per_shard=3, extra=("--runner", "local"))
   assert sorted(os.listdir(tmp_path)) == ["done", "shard-00000-of-00003.array_record"]
   first = shard_mtimes(tmp_path)
   # What a SIGKILL leaves behind: a temporary file, never a file under a shard's name.
@@ -101,29 +94,6 @@ def test_killed_run_leaves_no_partial_shard_and_resumes(tmp_path, monkeypatch):
   assert shard_mtimes(tmp_path)["shard-00000-of-00003.array_record"] == first[
       "shard-00000-of-00003.array_record"]
   assert records.read_manifest(tmp_path).num_examples == 7
-
-
-def make_video_folder(root) -> dict[str, str]:
-  """Two good videos and four bad ones, with a captions CSV; returns {file: caption}."""
-  (root / "clips").mkdir(parents=True)
-  write_video(root / "good.mp4", toy_frames(1, 10))
-  write_video(root / "clips" / "good2.mp4", toy_frames(2, 9))
-  write_video(root / "one_frame.mp4", toy_frames(3, 1))
-  full = write_video(root / "truncated.mp4", toy_frames(4, 10)).read_bytes()
-  (root / "truncated.mp4").write_bytes(full[:len(full) // 2])
-  (root / "empty.mp4").write_bytes(b"")
-  (root / "notes.mp4").write_text("this is a text file, not a video\n")
-  captions = {name: f"video {name}" for name in (
-      "good.mp4", "clips/good2.mp4", "one_frame.mp4", "truncated.mp4", "empty.mp4", "notes.mp4")}
-  lines = ["path,caption"] + [f"{path},{caption}" for path, caption in captions.items()]
-  (root / "captions.csv").write_text("\n".join(lines) + "\n")
-  return captions
-
-
-def folder_args(root, out, *extra) -> list[str]:
-  return ["--source", "folder", "--captions", str(root / "captions.csv"), "--output_dir",
-          str(out), "--num_frames", "4", "--stride", "2", "--height", "16", "--width", "24",
-          "--depth", "folder", "--depth_dir", str(root / "depth"), *extra]
 
 
 def test_bad_videos_are_skipped_with_reasons(tmp_path, capsys):

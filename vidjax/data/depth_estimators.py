@@ -13,7 +13,8 @@ more than pixels: `toy` reads the toy world's ground truth and `folder` looks th
           float precision and needs one file open per clip.
   dpt     the JAX DPT/MiDaS model of `vidjax.models.depth` with local weights (`depth_weights`),
           loaded by the caller's `load_model(weights) -> f(frames uint8 (T, H, W, 3)) -> float32
-          (T, H, W) relative inverse depth` (`vidjax.convert.hf_dpt.load_depth_estimator`).
+          (T, H, W) relative inverse depth` (`vidjax.convert.hf_dpt.load_depth_estimator`'s
+          `inverse_depth`, so that a batch of several clips' frames is normalised per clip).
 """
 
 from __future__ import annotations
@@ -80,6 +81,26 @@ class ModelDepth:
 
   def __call__(self, clip: SourceClip) -> np.ndarray:
     return normalise_per_clip(self.model(clip.frames))
+
+
+def estimate_batch(estimator: DepthEstimator, clips: list[SourceClip]) -> list[np.ndarray | InputError]:
+  """Depth for a batch of clips of one size: a model runs once on all their frames (T1 + T2 + ..., H, W, 3).
+
+  An item whose depth is missing gives its InputError in its place, so one bad clip skips only itself.
+  The model returns raw per-frame inverse depth and each clip is normalised on its own afterwards,
+  so a clip's map does not depend on the other clips of its batch (beyond XLA's float rounding).
+  """
+  if isinstance(estimator, ModelDepth) and clips:
+    raw = estimator.model(np.concatenate([clip.frames for clip in clips]))
+    ends = np.cumsum([len(clip.frames) for clip in clips])
+    return [normalise_per_clip(d) for d in np.split(raw, ends[:-1])]
+  out = []
+  for clip in clips:
+    try:
+      out.append(estimator(clip))
+    except InputError as e:
+      out.append(e)
+  return out
 
 
 DEPTH_METHODS = ("toy", "folder", "dpt")

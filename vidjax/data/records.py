@@ -9,7 +9,7 @@ A shard folder holds `shard-00000-of-00004.array_record` files and a `manifest.j
    "shards": [{"path": "shard-00000-of-00002.array_record", "num_examples": 16}, ...],
    "num_examples": 32, "source": "toy world, seed 0", "depth_method": "toy",
    "num_frames": 8, "stride": 4, "height": 64, "width": 64,
-   "created_by": "vidjax 0.1.0 data_pipelines/build_shards.py"}
+   "created_by": "vidjax 0.1.0 vidjax.data.shards", "fingerprint": "<sha256>"}
 
 Fields of an example (T frames of H x W):
   frames   uint8 (T, H, W, 3)
@@ -17,7 +17,10 @@ Fields of an example (T frames of H x W):
   caption  str
   key      str, the source's id of the clip
   latents  float16 (T, h, w, 4), optional: cached VAE latents of `frames`
+  clip_embeddings  float16 (T, D), optional: cached CLIP image embeddings of `frames`, one per frame
   masks    uint8 (T, H, W), optional: 0 = background, k = the k-th object of the caption
+  start_frame  int32 (), optional: the video frame the clip starts at (clip policies other than
+           one clip from the start, `vidjax.data.clips`)
 
 Each record is one msgpack map (no pickle): strings as strings, arrays as {"dtype", "shape",
 "data"} with the raw bytes; readers check every record against the manifest's fields.
@@ -38,6 +41,7 @@ from vidjax.errors import InputError, atomic_path
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SKIPPED_NAME = "skipped.jsonl"
+CLIP_EMBEDDINGS = "clip_embeddings"
 STRING = "str"
 # One record per chunk, so reading record i decodes only record i (random access for shuffling).
 WRITER_OPTIONS = "group_size:1"
@@ -56,7 +60,7 @@ class FieldSpec:
 
 def clip_fields(num_frames: int, height: int, width: int, *,
                 latent_shape: tuple[int, ...] | None = None,
-                with_masks: bool = False) -> dict[str, FieldSpec]:
+                with_masks: bool = False, with_start_frame: bool = False) -> dict[str, FieldSpec]:
   """The schema of a clip example: frames, depth, caption, key, and the optional fields."""
   fields = {
       "frames": FieldSpec((num_frames, height, width, 3), "uint8"),
@@ -68,6 +72,8 @@ def clip_fields(num_frames: int, height: int, width: int, *,
     fields["latents"] = FieldSpec(tuple(latent_shape), "float16")
   if with_masks:
     fields["masks"] = FieldSpec((num_frames, height, width), "uint8")
+  if with_start_frame:
+    fields["start_frame"] = FieldSpec((), "int32")
   return fields
 
 
@@ -80,7 +86,8 @@ def encode_example(example: Mapping[str, Any], fields: Mapping[str, FieldSpec]) 
     if spec.dtype == STRING:
       packed[name] = str(example[name])
       continue
-    array = np.ascontiguousarray(example[name], dtype=spec.dtype)
+    array = np.asarray(example[name], dtype=spec.dtype)
+    array = np.ascontiguousarray(array) if array.ndim else array  # ascontiguousarray makes a scalar 1-D
     if array.shape != spec.shape:
       raise ValueError(f"field {name!r} has shape {array.shape}, the schema says {spec.shape}")
     packed[name] = {"dtype": spec.dtype, "shape": list(array.shape), "data": array.tobytes()}
@@ -166,6 +173,7 @@ class Manifest:
   width: int
   created_by: str
   schema_version: int = SCHEMA_VERSION
+  fingerprint: str = ""  # of the items, settings and code that built the shards (vidjax.data.shards)
 
   @property
   def num_examples(self) -> int:
@@ -210,7 +218,7 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
                 for name, spec in raw["fields"].items()},
         shards=tuple(ShardInfo(s["path"], int(s["num_examples"])) for s in raw["shards"]),
         **{k: raw[k] for k in ("source", "depth_method", "num_frames", "stride", "height",
-                               "width", "created_by")})
+                               "width", "created_by")}, fingerprint=raw.get("fingerprint", ""))
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise InputError(path, f"malformed manifest ({type(e).__name__}: {e})", fix) from e
   if manifest.num_examples != raw.get("num_examples"):

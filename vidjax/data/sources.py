@@ -2,9 +2,10 @@
 
 A source lists cheap `Item` references first (so the builder can plan shards before decoding
 anything) and then loads one item at a time into a `SourceClip`, in whichever process builds that
-item's shard. Every clip is the first T frames at a stride of its video (frames 0, s, ..., (T-1)s),
-resized and centre-cropped to H x W. A video with fewer than (T-1)*s + 1 frames is too short: it
-is reported and skipped, not padded, because padding would teach the model frozen motion.
+item's shard, as the clips the clip policy (`vidjax.data.clips`) cuts from it: by default one, the
+first T frames at a stride of its video (frames 0, s, ..., (T-1)s), resized and centre-cropped to H x W.
+A video with fewer than (T-1)*s + 1 frames is too short: it is reported and skipped, not padded,
+because padding would teach the model frozen motion.
 
 Frames smaller than the clip are upscaled, and each such clip carries a warning saying by how much; a
 source whose centre crop (the pixels the clip is made from) has a side under `min_source_side` is skipped
@@ -24,26 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from vidjax.data.clips import ClipSpec, cut_clips
 from vidjax.errors import InputError
 
-
-@dataclasses.dataclass(frozen=True)
-class ClipSpec:
-  """Clip geometry: T frames taken `stride` frames apart, resized and cropped to H x W.
-
-  min_source_side: the smallest side, in source pixels, of the centre crop a clip is scaled from; 0 takes any.
-  """
-
-  num_frames: int
-  stride: int
-  height: int
-  width: int
-  min_source_side: int = 16
-
-  @property
-  def span(self) -> int:
-    """Frames a video needs to hold one clip."""
-    return (self.num_frames - 1) * self.stride + 1
+__all__ = ["ClipSpec", "FolderSource", "Item", "SourceClip", "TfdsSource", "ToySource"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +45,12 @@ class SourceClip:
   """One loaded clip.
 
   Attributes:
-    key, caption: as in `Item`.
+    key, caption: as in `Item` (the key gains `@<start_frame>` under a policy other than the default).
     frames: uint8 (T, H, W, 3).
     depth: float32 (T, H, W) in [0, 1], ground-truth inverse depth when the source has it.
     masks: uint8 (T, H, W) object labels (0 = background) when the source has them.
     warnings: what loading changed that the build report should say (e.g. an upscale).
+    start_frame: the video frame the clip starts at.
   """
 
   key: str
@@ -73,15 +59,17 @@ class SourceClip:
   depth: np.ndarray | None = None
   masks: np.ndarray | None = None
   warnings: tuple[str, ...] = ()
+  start_frame: int = 0
 
 
-def select_frames(video: np.ndarray, clip: ClipSpec, name: str) -> np.ndarray:
-  """The clip's frames 0, s, ..., (T-1)s of a decoded video (N, H, W, C); InputError if short."""
-  if video.shape[0] < clip.span:
-    raise InputError(name, f"too short: {video.shape[0]} frames, a clip of {clip.num_frames} "
-                     f"frames at stride {clip.stride} needs {clip.span}",
-                     "lower --num_frames or --stride, or drop the video")
-  return video[:clip.span:clip.stride]
+def video_clips(video: np.ndarray, clip: ClipSpec, name: str, item: Item, caption: str) -> list[SourceClip]:
+  """The clips of a decoded video (N, h, w, C), fitted to H x W; InputError naming `name` if it gives none."""
+  out = []
+  for start, frames in cut_clips(video, clip, name, item.key):
+    fitted, warnings = _fit(frames, clip, name)
+    key = item.key if clip.from_start else f"{item.key}@{start}"
+    out.append(SourceClip(key, caption, fitted, warnings=warnings, start_frame=start))
+  return out
 
 
 def _fit(frames: np.ndarray, clip: ClipSpec, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -121,15 +109,18 @@ class ToySource:
     seeds = np.random.SeedSequence(self.seed).generate_state(self.num_examples)
     return [Item(key=f"toy/{self.seed}/{i:06d}", ref=int(s)) for i, s in enumerate(seeds)]
 
-  def load(self, item: Item, clip: ClipSpec) -> SourceClip:
+  def load(self, item: Item, clip: ClipSpec) -> list[SourceClip]:
     from vidjax import toyworld  # pylint: disable=g-import-not-at-top
+    if not clip.from_start:
+      raise InputError("--source toy", "a toy scene is rendered as one clip from its start",
+                       "leave --clips_per_video, --clip_offsets and --scene_cut_threshold at their defaults")
     toy = toyworld.render_clip(item.ref, num_frames=clip.num_frames, height=clip.height,
                                width=clip.width, stride=clip.stride)
     masks = None
     if self.with_masks:
       labels = np.arange(1, toy.masks.shape[1] + 1, dtype=np.uint8)[None, :, None, None]
       masks = (toy.masks * labels).max(axis=1, initial=0).astype(np.uint8)
-    return SourceClip(item.key, toy.caption, toy.rgb, toy.disparity, masks)
+    return [SourceClip(item.key, toy.caption, toy.rgb, toy.disparity, masks)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,12 +154,11 @@ class FolderSource:
                        "extension)", "give every video its own path stem")
     return items
 
-  def load(self, item: Item, clip: ClipSpec) -> SourceClip:
+  def load(self, item: Item, clip: ClipSpec) -> list[SourceClip]:
     from vidjax.data import video_io  # pylint: disable=g-import-not-at-top
-    # Decoding passes every frame up to the last one used anyway, so read the span and pick.
-    video = video_io.read_video(item.ref, max_frames=clip.span)
-    frames, warnings = _fit(select_frames(video, clip, item.ref), clip, item.ref)
-    return SourceClip(item.key, item.caption, frames, warnings=warnings)
+    # Decoding passes every frame up to the last one used anyway, so read those and pick.
+    video = video_io.read_video(item.ref, max_frames=clip.frames_needed)
+    return video_clips(video, clip, item.ref, item, item.caption)
 
 
 def _read_caption_rows(path: str) -> list[dict[str, Any]]:
@@ -216,11 +206,11 @@ class TfdsSource:
     count = len(source) if self.num_examples is None else min(self.num_examples, len(source))
     return [Item(key=f"{self.name}/{self.split}/{i}", ref=i) for i in range(count)]
 
-  def load(self, item: Item, clip: ClipSpec) -> SourceClip:
+  def load(self, item: Item, clip: ClipSpec) -> list[SourceClip]:
     source, names = _open_tfds(self.name, self.split, self.data_dir, self.label_key)
     example = source[item.ref]
-    frames, warnings = _fit(select_frames(np.asarray(example[self.video_key]), clip, item.key), clip, item.key)
-    return SourceClip(item.key, humanise(names[int(example[self.label_key])]), frames, warnings=warnings)
+    caption = humanise(names[int(example[self.label_key])])
+    return video_clips(np.asarray(example[self.video_key]), clip, item.key, item, caption)
 
 
 @functools.lru_cache(maxsize=4)
