@@ -32,7 +32,6 @@ import vidjax
 from vidjax.errors import ConfigError
 
 
-
 def _installed_configs() -> str:
   """Where the installed experiment configs are: pyproject.toml maps configs/ to vidjax.configs, which is
   vidjax/configs in a wheel and the checkout's configs/ in an editable install."""
