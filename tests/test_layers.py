@@ -26,9 +26,10 @@ LAYERS = (
 # Within the middle layer, the only modules one package may take from another: the checkpoint
 # directory format (save_pretrained / load_pretrained), which training reads and exports, and the
 # JSON reading and conversion report that `vidjax convert run` (train/export.py) shares with convert,
-# and the toy recolouring benchmark (pure numpy over the toy world), which the toy main job scores.
+# the toy recolouring benchmark (pure numpy over the toy world), which the toy main job scores, and
+# the metrics (pure numpy reductions), whose retrieval top-1 scores the CLIP stage.
 SAME_LAYER_PUBLIC = {("train", "vidjax.convert.pretrained"), ("train", "vidjax.convert.common"),
-                     ("train", "vidjax.eval.toy_edit")}
+                     ("train", "vidjax.eval.toy_edit"), ("train", "vidjax.eval.metrics")}
 # Never imported by the library: offline jobs, experiment configs and launchers sit on top of it.
 OUTSIDE = ("data_pipelines", "configs", "launch")
 

@@ -213,3 +213,18 @@ def test_features_sharded_over_eight_devices_equal_one_device():
   np.testing.assert_allclose(eight["clip_frames"], one["clip_frames"], rtol=1e-5, atol=1e-6)
   with pytest.raises(ConfigError, match="outside 0..8"):
     features.data_mesh(9)
+
+
+def test_retrieval_top1_counts_queries_whose_nearest_key_is_their_own():
+  rng = np.random.default_rng(0)
+  keys = rng.standard_normal((6, 5))
+  assert metrics.retrieval_top1(keys * 3.0, keys) == 1.0  # cosine: the scale does not matter
+  shifted = np.roll(keys, 1, axis=0)  # query i's nearest key is key i - 1
+  assert metrics.retrieval_top1(shifted, keys) == 0.0
+  queries = keys.copy()
+  queries[[0, 1]] = keys[[1, 0]]  # two queries swapped: 4 of 6 right
+  assert metrics.retrieval_top1(queries, keys) == pytest.approx(4 / 6)
+  # Items sharing a name are interchangeable answers (two scenes with one caption).
+  assert metrics.retrieval_top1(queries, keys, names=["a", "a", "b", "c", "d", "e"]) == 1.0
+  with pytest.raises(InputError, match="one key per query"):
+    metrics.retrieval_top1(keys[:4], keys)

@@ -142,6 +142,7 @@ def test_main_runs_the_pipeline_and_writes_the_report(monkeypatch, tmp_path, cap
     """Stands in for VideoEditPipeline: returns the ideal edit of the prompt."""
 
     model_dir = types.SimpleNamespace(sampling_defaults={"guidance_scale": 2.0})
+    model = types.SimpleNamespace(config=types.SimpleNamespace(content="text"))
 
     @classmethod
     def from_pretrained(cls, path, progress=True):
@@ -172,3 +173,48 @@ def test_main_runs_the_pipeline_and_writes_the_report(monkeypatch, tmp_path, cap
   assert calls[1][1:4] == (cases[2].seed, 25, 2.0)
   assert json.loads(out.read_text())["settings"]["guidance_scale"] == 2.0
   assert "guidance scale 2 (the checkpoint's sampling default)" in capsys.readouterr().out
+
+
+def test_a_reference_image_shows_the_new_colours_from_outside_the_clip(cases):
+  for case in cases:
+    reference = toy_edit.reference_image(case)
+    assert reference.dtype == np.uint8 and reference.shape == case.source.rgb.shape[1:]
+    np.testing.assert_array_equal(toy_edit.reference_image(case), reference)
+    assert not any(np.array_equal(reference, frame) for frame in case.target.rgb)  # not a frame of the clip
+    # It is the recoloured scene at one of the later steps, with every object in view.
+    scene = toyworld.recolour(toyworld.sample_scene(case.seed), case.new_colours)
+    views = {step: toyworld.render_scene(scene, np.array([step]), 64, 64) for step in toy_edit.REFERENCE_STEPS}
+    step = next(s for s, view in views.items() if np.array_equal(view.rgb[0], reference))
+    assert step > (case.source.rgb.shape[0] - 1) * 2
+    surface = views[step].surface[0]
+    for k, colour in enumerate(case.new_colours):
+      on_object = surface == k + 1
+      assert on_object.sum() >= toy_edit.MIN_OBJECT_PIXELS
+      mean = reference[on_object].mean(axis=0) / 255.0
+      nearest = np.linalg.norm(case.palette_means[k] - mean, axis=1).argmin()
+      assert toy_edit.PALETTE[nearest] == colour
+
+
+def test_main_gives_an_image_model_each_scenes_reference_image(monkeypatch, tmp_path):
+  cases = toy_edit.edit_cases(2)
+  references = [(toy_edit.reference_image(c), c.target.rgb) for c in cases]
+
+  class FakeImagePipeline:
+    """An image-embedding checkpoint: returns the ideal edit of the scene whose reference it is given."""
+
+    model_dir = types.SimpleNamespace(sampling_defaults={"guidance_scale": 2.0})
+    model = types.SimpleNamespace(config=types.SimpleNamespace(content="image"))
+
+    @classmethod
+    def from_pretrained(cls, path, progress=True):
+      return cls()
+
+    def __call__(self, *, depth, image, seed, num_inference_steps, guidance_scale, temporal_guidance_scale):
+      (target,) = [t for reference, t in references if np.array_equal(reference, image)]
+      return types.SimpleNamespace(frames=target)
+
+  monkeypatch.setitem(sys.modules, "vidjax.pipelines.edit", types.SimpleNamespace(VideoEditPipeline=FakeImagePipeline))
+  out = tmp_path / "report.json"
+  assert toy_edit_cli.main(["--num_clips", "2", "--out", str(out)]) == 0
+  report = json.loads(out.read_text())
+  assert report["colour_accuracy"] == 1.0 and report["settings"]["content"] == "reference image"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import ClassVar, Mapping
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -379,3 +379,19 @@ class DepthCorrelation(_Paired, PerItemMetric):
     norms = np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1)
     per_frame = np.where(norms > 0, (out * ref).sum(axis=1) / np.where(norms > 0, norms, 1.0), 0.0)
     return per_frame.reshape(len(generated[self.feature]), -1).mean(axis=1)
+
+
+def retrieval_top1(queries: np.ndarray, keys: np.ndarray, names: Sequence[str] | None = None) -> float:
+  """Top-1 retrieval by cosine similarity: the fraction of queries (N, D) whose nearest key (N, D) is their own.
+
+  Query i's own key is key i; with `names` (N,), a retrieved key also counts when its name equals
+  query i's (two toy scenes can share a caption, and then either frame is a right answer).
+  """
+  q, k = _unit(queries, "queries"), _unit(keys, "keys")
+  if q.shape != k.shape:
+    raise InputError("retrieval", f"{q.shape[0]} queries of width {q.shape[1]} for {k.shape[0]} keys of width "
+                     f"{k.shape[1]}", "pass one key per query, embedded in the same space")
+  best = np.argmax(q @ k.T, axis=1)
+  own = np.arange(len(q))
+  right = best == own if names is None else np.asarray(names, object)[best] == np.asarray(names, object)
+  return float(np.mean(right))

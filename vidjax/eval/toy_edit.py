@@ -54,6 +54,9 @@ MAX_EXEMPLARS_PER_LABEL = 256
 # of the target render plus sigma-5 RGB noise from 0.88 to 0.97 on the default 20 cases.
 MIN_CONTRAST_LAB = 10.0
 MAX_CONFUSABLE_FRACTION = 0.05
+# Time steps a reference image is rendered at, in order of preference: after the clip's last frame
+# (step 14 at 8 frames, stride 2), where objects have moved and the camera has turned.
+REFERENCE_STEPS = (24, 28, 20, 32, 18)
 _MAX_SKIPPED_FRACTION = 10  # edit_cases gives up after trying 10x num_clips (+100) seeds
 
 
@@ -152,6 +155,25 @@ def _make_case(seed: int, num_frames: int, size: int, stride: int) -> EditCase |
   palette_means = np.stack([_region_means(rgb, regions) for rgb in palette_rgb], axis=1)
   return EditCase(seed=seed, source=source, new_colours=colours, target_caption=toyworld.caption_for(target_scene),
                   target=render(target_scene), palette_means=palette_means)
+
+
+def reference_image(case: EditCase) -> np.ndarray:
+  """uint8 (H, W, 3): a content image for image prompting (Gen-1's "like this picture").
+
+  The case's scene with its new colours, seen later on its camera path than any frame of the clip
+  (the first of REFERENCE_STEPS where every object shows MIN_OBJECT_PIXELS), so the picture gives
+  the colours and shapes but not the clip's layout: that must come from the depth.
+  """
+  scene = toyworld.recolour(toyworld.sample_scene(case.seed), case.new_colours)
+  _, height, width, _ = case.source.rgb.shape
+  counts = []
+  for step in REFERENCE_STEPS:
+    frame = toyworld.render_scene(scene, np.array([step]), height, width)
+    visible = [(frame.surface[0] == k + 1).sum() for k in range(len(scene.objects))]
+    if min(visible) >= MIN_OBJECT_PIXELS:
+      return frame.rgb[0]
+    counts.append(min(visible))
+  return toyworld.render_scene(scene, np.array([REFERENCE_STEPS[int(np.argmax(counts))]]), height, width).rgb[0]
 
 
 def _confusable_fractions(source: toyworld.ToyClip, palette_rgb: Sequence[np.ndarray]) -> np.ndarray:

@@ -36,3 +36,9 @@ def build_model(config: ml_collections.ConfigDict, *, vae_scaling_factor: float 
       unet=UNetConfig(**_tuples(m.unet)), vae=VAEConfig(**vae), text_encoder=text, image_encoder=image,
       structure=m.structure, content=m.content, null_tokens=null_tokens, prediction_type=m.prediction_type,
       beta_schedule=m.beta_schedule))
+
+
+def clip_configs(config: ml_collections.ConfigDict) -> tuple[CLIPTextConfig, CLIPVisionConfig]:
+  """The (text, vision) towers a CLIP stage trains: `clip_stage.text_encoder` (with a projection) and
+  `model.image_encoder`, the main stage's content encoder."""
+  return CLIPTextConfig(**_tuples(config.clip_stage.text_encoder)), CLIPVisionConfig(**_tuples(config.model.image_encoder))

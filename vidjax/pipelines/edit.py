@@ -40,7 +40,6 @@ from vidjax.conditioning import structure as structure_lib
 from vidjax.convert import pretrained
 from vidjax.data import video_io
 from vidjax.errors import ConfigError, InputError, check_number
-from vidjax.models.clip import encode_image, preprocess_images
 from vidjax.models.depth import DepthEstimator
 from vidjax.pipelines import edit_inputs
 from vidjax.pipelines.model_dir import ModelDir, load_model_dir
@@ -440,9 +439,7 @@ class VideoEditPipeline:
       negative = self.model_dir.tokenizer([s.negative_prompt]) if s.negative_prompt else None
       return generate.encode_content(self.model, self.params, tokens=self.model_dir.tokenizer([s.prompt]),
                                      negative_tokens=negative)
-    config = self.model.config.image_encoder
-    pixels = preprocess_images(image[None], config.image_size)
-    embeds = encode_image(config, self.model_dir.params["image_encoder"], pixels)["image_embeds"]
+    embeds = generate.embed_images(self.model, self.params, image[None])
     return generate.encode_content(self.model, self.params, image_embeds=embeds)
 
 

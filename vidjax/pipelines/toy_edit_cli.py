@@ -1,4 +1,8 @@
-"""`vidjax eval-toy-edit`: the toy recolouring benchmark (`vidjax.eval.toy_edit`) on a VideoEditPipeline checkpoint."""
+"""`vidjax eval-toy-edit`: the toy recolouring benchmark (`vidjax.eval.toy_edit`) on a VideoEditPipeline checkpoint.
+
+A text model gets each scene's caption with the new colours; an image-embedding model (Gen-1) gets a
+picture of the recoloured scene instead (`toy_edit.reference_image`).
+"""
 
 from __future__ import annotations
 
@@ -43,8 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     guidance = pipe.model_dir.sampling_defaults["guidance_scale"]
     print(f"guidance scale {guidance:g} (the checkpoint's sampling default)")
 
+  by_image = pipe.model.config.content == "image"
+  if by_image:
+    print("content: a reference image per scene (toy_edit.reference_image), as this checkpoint takes CLIP image "
+          "embeddings")
+
   def edit(case: toy_edit.EditCase) -> np.ndarray:
-    result = pipe(depth=case.source.disparity, prompt=case.target_caption, seed=case.seed,
+    content = {"image": toy_edit.reference_image(case)} if by_image else {"prompt": case.target_caption}
+    result = pipe(depth=case.source.disparity, **content, seed=case.seed,
                   num_inference_steps=args.num_inference_steps, guidance_scale=guidance, temporal_guidance_scale=1.0)
     return np.asarray(result.frames)
 
@@ -53,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
   print(toy_edit.summary(report))
   if args.out:
     settings = {"checkpoint": args.checkpoint, "num_clips": args.num_clips,
+                "content": "reference image" if by_image else "caption",
                 "num_inference_steps": args.num_inference_steps,
                 "guidance_scale": guidance, "temporal_guidance_scale": 1.0,
                 "seeds": [case.seed for case in cases]}

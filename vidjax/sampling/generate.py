@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vidjax.models.clip import encode_image, preprocess_images
 from vidjax.models.video_model import VideoDiffusionModel
 from vidjax.sampling.sampler import Sampler, SamplingConfig
 
@@ -92,6 +93,14 @@ def encode_content(model: VideoDiffusionModel, params: Mapping[str, Any], *, tok
   as_array = lambda x, dtype: None if x is None else jnp.asarray(x, dtype)
   return _compiled(model).content(params, as_array(tokens, jnp.int32), as_array(image_embeds, jnp.float32),
                                   as_array(negative_tokens, jnp.int32))
+
+
+def embed_images(model: VideoDiffusionModel, params: Mapping[str, Any], images: np.ndarray) -> jax.Array:
+  """uint8 (N, H, W, 3) content images -> (1, D): the mean of their CLIP image embeddings (Gen-1's content;
+  several images of one subject are averaged, as Gen-1 conditions on a customization set)."""
+  config = model.config.image_encoder
+  embeds = encode_image(config, params["image_encoder"], preprocess_images(images, config.image_size))["image_embeds"]
+  return jnp.mean(embeds, axis=0, keepdims=True)
 
 
 def encode_frames(model: VideoDiffusionModel, params: Mapping[str, Any], frames: np.ndarray) -> jax.Array:

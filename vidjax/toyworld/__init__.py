@@ -10,7 +10,7 @@ import os
 
 from vidjax.toyworld.captions import VOCAB_WORDS, caption_for
 from vidjax.toyworld.clip import ToyClip, normalised_disparity, render_clip
-from vidjax.toyworld.render import FAR
+from vidjax.toyworld.render import FAR, render_scene
 from vidjax.toyworld.scene import (COLOURS, FLOORS, SHAPES, TIMES_OF_DAY, Scene, ToyObject,
                                    recolour, sample_scene)
 from vidjax.toyworld.tokenizer import build_tokenizer, save_tokenizer
@@ -23,5 +23,5 @@ CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 __all__ = [
     "CHECKPOINT", "COLOURS", "FAR", "FLOORS", "SHAPES", "TIMES_OF_DAY", "VOCAB_WORDS", "Scene", "ToyClip",
     "ToyObject", "build_tokenizer", "caption_for", "normalised_disparity", "recolour",
-    "render_clip", "sample_scene", "save_tokenizer",
+    "render_clip", "render_scene", "sample_scene", "save_tokenizer",
 ]

@@ -182,7 +182,8 @@ class Checkpointer:
 
     Args:
       abstract_state: the TrainState as jax.ShapeDtypeStructs whose `.sharding` is where each
-        array should land, on any mesh (a (4, 2) checkpoint restores onto (8, 1) or (1, 1)).
+        array should land, on any mesh (a (4, 2) checkpoint restores onto (8, 1) or (1, 1)); leaves
+        without a sharding land on the first device.
       step: which step; default the latest finished one.
     Returns:
       (state, data_state, config): this process's data iterator state (None if none was saved)
@@ -195,6 +196,13 @@ class Checkpointer:
     if version.get("vidjax_version") != vidjax.__version__:
       logging.warning("%s/%d was saved by vidjax %s; this is %s", self.directory, step,
                       version.get("vidjax_version"), vidjax.__version__)
+    # A target straight from jax.eval_shape has no shardings (the single-device VAE and CLIP stages):
+    # its arrays land on the first device (Orbax cannot restore a leaf that names no sharding).
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract_state = jax.tree_util.tree_map(
+        lambda s: s if getattr(s, "sharding", None) is not None else jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                                                         sharding=device),
+        abstract_state)
     state = self._restore_state(step, abstract_state)
     rest = self._manager.restore(step, args=ocp.args.Composite(data_state=_ProcessJsonRestore(),
                                                                config=ocp.args.JsonRestore()))

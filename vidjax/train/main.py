@@ -5,8 +5,10 @@ Runs, in order, what the config asks for:
   2. `vae_stage.num_steps > 0`: train the VAE first; the main stage starts from its VAE, and from
      `init_from` for the rest. A run with `init_from` skips the stage unless `vae_stage.init_from`
      is set too (e.g. a new decoder for a trained model);
-  3. the main stage, `train_and_evaluate`;
-  4. `final_edit.enabled`: the toy recolouring benchmark on a few held-out scenes (their depth, new
+  3. `clip_stage.num_steps > 0`: train CLIP's text and vision towers contrastively (a toy Gen-1
+     model's frozen content encoder); the main stage reads its towers through `init_from`;
+  4. the main stage, `train_and_evaluate`;
+  5. `final_edit.enabled`: the toy recolouring benchmark on a few held-out scenes (their depth, new
      colours in the caption), printed, in `<workdir>/toy_edit.json`, the first as `<workdir>/edit.mp4`.
 Relaunching with the same workdir resumes wherever the job stopped.
 
@@ -144,7 +146,7 @@ def run(config, workdir: str, *, on_log=None) -> int:
   """
   import jax
 
-  from vidjax.train import loop, toy  # heavy imports after argument checks
+  from vidjax.train import clip_stage, loop, toy  # heavy imports after argument checks
 
   # A relaunched (resumed) job compiles the same programs again: keep them on disk.
   if not jax.config.jax_compilation_cache_dir:
@@ -162,6 +164,9 @@ def run(config, workdir: str, *, on_log=None) -> int:
     vae_dir, scaling_factor = toy.train_vae_stage(config, loop.build_model(config), workdir)
     config = with_values(config, {"init_from": ",".join(p for p in (config.init_from, vae_dir) if p),
                                   "model.vae.scaling_factor": scaling_factor})
+  if config.get("clip_stage") and config.clip_stage.num_steps > 0:
+    clip_dir = clip_stage.run_stage(config, workdir)
+    config = with_values(config, {"init_from": ",".join(p for p in (config.init_from, clip_dir) if p)})
   summary = loop.train_and_evaluate(config, workdir, on_log=on_log)
   figures = ""
   if config.get("final_edit") and config.final_edit.enabled and summary["step"] >= config.train.num_steps:

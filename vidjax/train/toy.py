@@ -90,7 +90,7 @@ def final_edit(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Edits `final_edit.num_clips` held-out benchmark scenes (`vidjax.eval.toy_edit`, seeds from
   1,000,000: never trained on) with the EMA params: each scene's depth and a caption with new
-  colours. Prints one row per scene and the summary (silhouette IoU, colour accuracy), writes the
+  colours, or for an image-content model (Gen-1) a picture of them (`toy_edit.reference_image`). Prints one row per scene and the summary (silhouette IoU, colour accuracy), writes the
   report to `<workdir>/toy_edit.json` and the first scene as `<workdir>/edit.mp4` (input | depth | edit).
   """
   model = build_model(config)
@@ -100,8 +100,10 @@ def final_edit(config: ml_collections.ConfigDict, workdir: str) -> dict:
   outputs = []
 
   def edit_case(case: toy_edit.EditCase) -> np.ndarray:
-    tokens = tokenize([case.target_caption], config.data.tokenizer_dir, config.data.max_caption_tokens)
-    frames = generate.generate(model, params, case.source.disparity[None, ..., None], tokens=tokens, seed=case.seed,
+    content = {"tokens": tokenize([case.target_caption], config.data.tokenizer_dir, config.data.max_caption_tokens)}
+    if model.config.content == "image":  # Gen-1: the reference picture's CLIP embedding is the content
+      content = {"image_embeds": generate.embed_images(model, params, toy_edit.reference_image(case)[None])}
+    frames = generate.generate(model, params, case.source.disparity[None, ..., None], **content, seed=case.seed,
                                num_inference_steps=edit.num_inference_steps, guidance_scale=edit.guidance_scale,
                                temporal_guidance_scale=edit.temporal_guidance_scale)[0]
     outputs.append(frames)
@@ -115,8 +117,12 @@ def final_edit(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with atomic_path(os.path.join(workdir, "toy_edit.json")) as tmp, open(tmp, "w") as f:
     json.dump({"settings": edit.to_dict(), **report}, f, indent=1)
   first = cases[0]
-  grid = video_io.make_grid([first.source.rgb, video_io.depth_to_rgb(first.source.disparity), outputs[0]],
-                            ["input", "depth", f"edit: {first.target_caption}"])
+  videos = [first.source.rgb, video_io.depth_to_rgb(first.source.disparity), outputs[0]]
+  titles = ["input", "depth", f"edit: {first.target_caption}"]
+  if model.config.content == "image":
+    videos.insert(2, np.broadcast_to(toy_edit.reference_image(first), first.source.rgb.shape))
+    titles[2:] = ["reference image", "edit like the reference"]
+  grid = video_io.make_grid(videos, titles)
   out = os.path.join(workdir, "edit.mp4")
   video_io.write_video(out, grid, fps=8)
   print(f"edit of scene {first.seed}: {first.source.caption!r} -> {first.target_caption!r}, written to {out}")

@@ -1,0 +1,93 @@
+"""The CLIP stage: contrastive training of a tiny toy CLIP, resumed exactly after a crash, and its
+held-out retrieval figure."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import tiny_config
+from vidjax import tree
+from vidjax.data.loader import Loader
+from vidjax.train import clip_stage, main
+from vidjax.train.checkpoint import load_params
+
+STEPS, CRASH_AT = 12, 4
+
+
+def _config(loop_base) -> ml_collections.ConfigDict:
+  config = tiny_config.tiny_config(**{k: v for k, v in loop_base.items() if k.startswith("data.")})
+  config.model.content = "image"
+  config.model.image_encoder.update(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
+                                    image_size=16, patch_size=8, projection_dim=12)
+  text = dict(config.model.text_encoder.to_dict(), projection_dim=12)
+  config.clip_stage = ml_collections.ConfigDict(dict(num_steps=STEPS, lr=3e-3, warmup_steps=1, weight_decay=0.0,
+                                                     batch_size=8, retrieval_scenes=5, text_encoder=text))
+  config.checkpoint.every_steps = CRASH_AT
+  return config
+
+
+def _batch_loss(config, params) -> float:
+  loader = Loader(main.with_values(config, {"data.shuffle": False}).data)
+  batch = next(loader)
+  loader.close()
+  loss, _ = clip_stage.Towers(config).loss(params, jnp.asarray(batch["tokens"]), jnp.asarray(batch["frames"]),
+                                           jax.random.key(0))
+  return float(loss)
+
+
+@pytest.fixture(scope="module")
+def runs(loop_base, tmp_path_factory):
+  """One run straight through, and one that crashes after its step-4 checkpoint and is relaunched."""
+  config = _config(loop_base)
+  straight = str(tmp_path_factory.mktemp("straight"))
+  clip_stage.train_clip(config, straight)
+  crashed = str(tmp_path_factory.mktemp("crashed"))
+  calls = {"n": 0}
+  real_next = Loader.__next__
+
+  def crash_after_the_checkpoint(self):
+    calls["n"] += 1
+    if calls["n"] > CRASH_AT:
+      raise KeyboardInterrupt("killed")
+    return real_next(self)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(Loader, "__next__", crash_after_the_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+      clip_stage.train_clip(config, crashed)
+  at_crash = load_params(f"{crashed}/clip_stage/checkpoints")
+  directory = clip_stage.train_clip(config, crashed)
+  return {"config": config, "straight": load_params(f"{straight}/clip_stage/checkpoints"),
+          "at_crash": at_crash, "resumed": load_params(directory), "workdir": crashed}
+
+
+def test_a_relaunched_stage_resumes_from_its_checkpoint_and_ends_bit_equal(runs):
+  assert sorted(runs["resumed"]) == ["image_encoder", "logit_scale", "text_encoder"]
+  straight, resumed = tree.flatten(runs["straight"]), tree.flatten(runs["resumed"])
+  assert straight.keys() == resumed.keys()
+  for path, value in straight.items():
+    np.testing.assert_array_equal(resumed[path], value, err_msg="/".join(path))
+  assert not np.array_equal(runs["at_crash"]["image_encoder"]["visual_projection"]["kernel"],
+                            runs["resumed"]["image_encoder"]["visual_projection"]["kernel"])
+
+
+def test_the_contrastive_loss_falls(runs):
+  config = runs["config"]
+  early, late = _batch_loss(config, runs["at_crash"]), _batch_loss(config, runs["resumed"])
+  assert late < early - 0.1, (early, late)
+  assert late < np.log(config.clip_stage.batch_size)  # below chance: captions and frames are matched
+
+
+def test_run_stage_writes_the_held_out_retrieval_figure(runs, capsys):
+  clip_stage.run_stage(runs["config"], runs["workdir"])  # trained already: scores only
+  with open(f"{runs['workdir']}/clip_stage/retrieval.json") as f:
+    report = json.load(f)
+  assert report["num_scenes"] == 5 and report["chance"] == 0.2 and report["first_seed"] == 500_000
+  assert 0.0 <= report["caption_to_frame_top1"] <= 1.0 and 0.0 <= report["frame_to_caption_top1"] <= 1.0
+  assert "held-out retrieval over 5 toy scenes" in capsys.readouterr().out

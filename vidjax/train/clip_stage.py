@@ -1,0 +1,165 @@
+"""A first stage that trains CLIP's text and vision towers contrastively on the training clips.
+
+The toy world has no pretrained CLIP, as it has no pretrained VAE (`vae_stage`): Gen-1's content
+is a frozen CLIP image embedding, so a toy Gen-1 model needs a toy CLIP first. The objective is
+CLIP's (Radford et al. 2021): for a batch of N (caption, frame) pairs, the symmetric cross-entropy
+of the N x N cosine similarities scaled by a learned temperature exp(logit_scale) (initialised at
+1 / 0.07, clipped at 100, as CLIP). The frame is one random frame of each clip, through the one CLIP
+preprocessing (`clip.preprocess_levels`), as `VideoDiffusionModel.embed_frames` picks it in the
+main stage, so the vision tower is trained on exactly what it will embed.
+
+The towers' configs are `clip_stage.text_encoder` (with a `projection_dim`) and `model.image_encoder`
+(the main stage's frozen content encoder); params land in `<workdir>/clip_stage/checkpoints`
+({'text_encoder', 'image_encoder', 'logit_scale'}), which the main stage reads through `init_from`
+(a component the model lacks is ignored). The stage resumes like the main stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vidjax import toyworld
+from vidjax.conditioning.tokens import tokenize
+from vidjax.data.loader import Loader
+from vidjax.errors import atomic_path
+from vidjax.eval.metrics import retrieval_top1
+from vidjax.models.build import clip_configs
+from vidjax.models.clip import CLIPTextTransformer, CLIPVisionTransformer, preprocess_images, preprocess_levels
+from vidjax.parallel.sharding import unbox
+from vidjax.train import state as state_lib
+from vidjax.train.checkpoint import Checkpointer, load_params
+from vidjax.train.logging import ProgressLine
+
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the temperature at 100
+# Held-out scenes for the retrieval figure: outside the training seeds (0..2047) and the recolouring
+# benchmark's (1,000,000 on).
+RETRIEVAL_FIRST_SEED = 500_000
+
+
+class Towers:
+  """The two towers of one CLIP: embeddings and the contrastive loss, stateless over params."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.text_config, self.image_config = clip_configs(config)
+    self.text = CLIPTextTransformer(self.text_config)
+    self.image = CLIPVisionTransformer(self.image_config)
+
+  def init(self, rng: jax.Array) -> dict[str, Any]:
+    text_key, image_key = jax.random.split(rng)
+    size = self.image_config.image_size
+    tokens = jnp.zeros((1, self.text_config.max_position_embeddings), jnp.int32)
+    return {"text_encoder": self.text.init(text_key, tokens)["params"],
+            "image_encoder": self.image.init(image_key, jnp.zeros((1, size, size, 3)))["params"],
+            "logit_scale": jnp.asarray(math.log(1 / 0.07), jnp.float32)}
+
+  def embed_text(self, params: Mapping[str, Any], tokens: jax.Array) -> jax.Array:
+    """(N, L) token ids -> unit-norm (N, D) text embeddings."""
+    return _unit(self.text.apply({"params": params["text_encoder"]}, tokens)["text_embeds"])
+
+  def embed_pixels(self, params: Mapping[str, Any], pixels: jax.Array) -> jax.Array:
+    """(N, S, S, 3) CLIP pixels -> unit-norm (N, D) image embeddings."""
+    return _unit(self.image.apply({"params": params["image_encoder"]}, pixels)["image_embeds"])
+
+  def loss(self, params: Mapping[str, Any], tokens: jax.Array, frames: jax.Array, rng: jax.Array):
+    """tokens (N, L), frames (N, T, H, W, 3) in [-1, 1] (one random frame each is embedded) -> (loss, metrics)."""
+    n, t = frames.shape[:2]
+    picked = frames[jnp.arange(n), jax.random.randint(rng, (n,), 0, t)]
+    levels = jnp.clip(jnp.round((picked + 1.0) * 127.5), 0.0, 255.0)
+    image = self.embed_pixels(params, preprocess_levels(levels, self.image_config.image_size))
+    text = self.embed_text(params, tokens)
+    scale = jnp.exp(jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE))
+    logits = scale * image @ text.T  # (N images, N captions)
+    labels = jnp.arange(n)
+    cross_entropy = lambda x: -jnp.mean(jax.nn.log_softmax(x, axis=-1)[labels, labels])
+    loss = 0.5 * (cross_entropy(logits) + cross_entropy(logits.T))
+    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+    return loss, {"loss": loss, "batch_top1": accuracy, "temperature": scale}
+
+
+def _unit(x: jax.Array) -> jax.Array:
+  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def train_clip(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Trains both towers for config.clip_stage.num_steps on config.data's clips; returns its checkpoint dir."""
+  stage = config.clip_stage
+  directory = os.path.join(workdir, "clip_stage", "checkpoints")
+  towers = Towers(config)
+  data = config.data.copy_and_resolve_references()
+  data.image_fraction, data.use_latents, data.batch_size = 0.0, False, stage.batch_size
+  train = ml_collections.ConfigDict(dict(config.train.to_dict(), lr=stage.lr, warmup_steps=stage.warmup_steps,
+                                         num_steps=stage.num_steps, lr_schedule="cosine", grad_accum_steps=1,
+                                         weight_decay=stage.weight_decay))
+  labels = state_lib.trainable_labels(jax.eval_shape(towers.init, jax.random.key(0)), (".*",))
+  tx = state_lib.make_optimizer(train, labels)
+
+  @jax.jit
+  def step_fn(state, tokens, frames):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    (_, metrics), grads = jax.value_and_grad(towers.loss, has_aux=True)(state.params, tokens, frames, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
+    # No averaging: the stage's "EMA" is the params themselves (what init_from and export read).
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=params), metrics
+
+  checkpointer = Checkpointer(directory, keep=1, async_save=False)
+  loader = Loader(data)
+  create = lambda key: state_lib.create_state(towers.init, tx, labels, key)
+  if checkpointer.latest_step() is not None:
+    state, data_state, _ = checkpointer.restore(jax.eval_shape(lambda key: unbox(create(key)), jax.random.key(0)))
+    loader.set_state(data_state)
+  else:
+    state = jax.jit(lambda key: unbox(create(key)))(jax.random.key(config.seed + 3))
+  print(f"CLIP stage: {stage.num_steps} steps, {stage.batch_size} (caption, frame) pairs per step")
+  progress = ProgressLine(stage.num_steps, clips_per_step=stage.batch_size, frames_per_clip=1,
+                          every=config.log.every_steps, start_step=int(state.step), desc="CLIP stage")
+  while int(state.step) < stage.num_steps:
+    batch = next(loader)
+    state, metrics = step_fn(state, batch["tokens"], batch["frames"])
+    progress.update(int(state.step), {k: float(v) for k, v in metrics.items()})
+    if int(state.step) % config.checkpoint.every_steps == 0 or int(state.step) == stage.num_steps:
+      checkpointer.save(int(state.step), state, data_state=loader.get_state(), config=config.to_dict())
+  checkpointer.close()
+  loader.close()
+  return directory
+
+
+def toy_retrieval(config: ml_collections.ConfigDict, directory: str, num_scenes: int) -> dict[str, Any]:
+  """Caption -> frame and frame -> caption top-1 over `num_scenes` held-out toy scenes (seeds from
+  RETRIEVAL_FIRST_SEED), each its middle frame and its caption; chance is about 1 / num_scenes.
+
+  A retrieved item counts as right when its caption is the query's (two scenes can share a caption).
+  """
+  towers = Towers(config)
+  params = load_params(directory)
+  build = config.data.build
+  clips = [toyworld.render_clip(RETRIEVAL_FIRST_SEED + i, build.num_frames, build.size, build.size, build.stride)
+           for i in range(num_scenes)]
+  captions = [clip.caption for clip in clips]
+  frames = np.stack([clip.rgb[len(clip.rgb) // 2] for clip in clips])
+  tokens = tokenize(captions, config.data.tokenizer_dir, config.data.max_caption_tokens)
+  image = np.asarray(jax.jit(towers.embed_pixels)(params, preprocess_images(frames, towers.image_config.image_size)))
+  text = np.asarray(jax.jit(towers.embed_text)(params, jnp.asarray(tokens)))
+  return {"num_scenes": num_scenes, "first_seed": RETRIEVAL_FIRST_SEED, "chance": 1.0 / num_scenes,
+          "caption_to_frame_top1": retrieval_top1(text, image, captions),
+          "frame_to_caption_top1": retrieval_top1(image, text, captions)}
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The stage and its held-out retrieval figure (printed, and in `<workdir>/clip_stage/retrieval.json`)."""
+  directory = train_clip(config, workdir)
+  report = toy_retrieval(config, directory, config.clip_stage.retrieval_scenes)
+  with atomic_path(os.path.join(workdir, "clip_stage", "retrieval.json")) as tmp, open(tmp, "w") as f:
+    json.dump(report, f, indent=1)
+  print(f"CLIP stage done: held-out retrieval over {report['num_scenes']} toy scenes, caption -> frame top-1 "
+        f"{100 * report['caption_to_frame_top1']:.1f} %, frame -> caption {100 * report['frame_to_caption_top1']:.1f} % "
+        f"(chance {100 * report['chance']:.1f} %)")
+  return directory
