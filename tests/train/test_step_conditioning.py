@@ -100,7 +100,8 @@ def _image_batch(seed=0):
   """Clips whose frames are all one image, so the embedding of 'a random frame' is known; latents given."""
   rng = np.random.default_rng(seed)
   image = rng.integers(0, 256, (CLIPS, 1, 16, 16, 3)).astype(np.float32) / 127.5 - 1.0
-  return {"frames": np.repeat(image, FRAMES, axis=1), "latents": rng.standard_normal((CLIPS, FRAMES, 8, 8, 4)).astype(np.float32),
+  return {"frames": np.repeat(image, FRAMES, axis=1),
+          "latents": rng.standard_normal((CLIPS, FRAMES, 8, 8, 4)).astype(np.float32),
           "depth": rng.uniform(0, 1, (CLIPS, FRAMES, 16, 16, 1)).astype(np.float32),
           "structure_fidelity": np.zeros((CLIPS,), np.int32)}
 
