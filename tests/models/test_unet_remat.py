@@ -27,7 +27,8 @@ def _inputs():
 
 
 def _loss_and_grads(config):
-  """(output, (d loss / d params, d loss / d context)) of a fixed random readout of the UNet's output."""
+  """f(params, context, inputs) -> ((loss, UNet output), (d loss / d params, d loss / d context)), the loss a
+  fixed random readout of the output."""
   unet = VideoUNet(config)
   readout = jnp.asarray(np.random.default_rng(1).standard_normal((2, 3, 7, 5, 4)), jnp.float32)
 
