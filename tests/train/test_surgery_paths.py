@@ -1,11 +1,19 @@
-"""Surgery: change_context_width re-initialises exactly the spatial cross-attention key/value kernels."""
+"""Surgery: change_context_width re-initialises exactly the spatial cross-attention key/value kernels, and
+the trainer's `init_from` + `init_surgery` (loop._init_from) adapts a source checkpoint as the stages need."""
 
 from __future__ import annotations
 
-import jax
-import numpy as np
+import dataclasses
 
-from vidjax.train import surgery
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tiny_config
+from vidjax.convert import pretrained
+from vidjax.errors import ConfigError
+from vidjax.train import loop, surgery
 from vidjax.tree import flatten
 
 
@@ -33,3 +41,109 @@ def test_change_context_width_reinitialises_only_spatial_cross_attention_keys_an
   assert not np.array_equal(after[spatial + ("to_k", "kernel")], after[spatial + ("to_v", "kernel")])
   # Self-attention (attn1) and temporal layers keep their width: they never read the content.
   assert np.shape(after[("down_blocks_0", "temporal_attentions_0", "blocks_0", "attn2", "to_k", "kernel")]) == (7, 8)
+
+
+# ---------------------------------------------------------------- init_from + init_surgery through the trainer
+
+TARGET_WIDTH, SOURCE_WIDTH, INIT = 12, 16, 7.0  # content widths (CLIP image / text); the target's fresh init
+
+
+def _target_config(source_dir: str, surgery_ops=("widen_input_channels", "change_context_width"), **overrides):
+  """tiny_config's video model ('depth' structure: 5 input channels, temporal layers) on 12-wide image content."""
+  config = tiny_config.tiny_config(**{"model.content": "image", "model.unet.cross_attention_dim": TARGET_WIDTH,
+                                      "init_from": source_dir, "init_surgery": tuple(surgery_ops), **overrides})
+  config.model.image_encoder.update(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
+                                    image_size=16, patch_size=8, projection_dim=TARGET_WIDTH)
+  return config
+
+
+def _write_source(folder, config, seed=0, **unet_changes) -> str:
+  """A pretrained directory of random weights for `config`'s model with `unet_changes` to its UNet."""
+  model = loop.build_model(config).config
+  rng = np.random.default_rng(seed)
+  draw = lambda shapes: jax.tree.map(lambda s: (rng.standard_normal(s.shape) * 0.1).astype(np.float32), shapes)
+  components = {name: (c, draw(pretrained.param_shapes(c)))
+                for name, c in (("unet", dataclasses.replace(model.unet, **unet_changes)), ("vae", model.vae),
+                                ("image_encoder", model.image_encoder))}
+  return pretrained.save_pretrained(folder, components)
+
+
+def _fresh(config):
+  """The trainer's fresh params, every value INIT, so a kept init is told from a copy."""
+  model = loop.build_model(config).config
+  return {name: jax.tree.map(lambda s: np.full(s.shape, INIT, s.dtype), pretrained.param_shapes(getattr(model, name)))
+          for name in ("unet", "vae", "image_encoder")}
+
+
+@pytest.fixture(scope="module")
+def stage1_source(tmp_path_factory):
+  """An image model on 16-wide text content with 4 input channels (no structure), no temporal layers."""
+  folder = tmp_path_factory.mktemp("source") / "sd"
+  return _write_source(folder, _target_config(""), in_channels=4, cross_attention_dim=SOURCE_WIDTH,
+                       temporal_conv="none", temporal_attention=False)
+
+
+def _is_spatial_key_or_value(path) -> bool:
+  return len(path) >= 3 and path[-3] == "attn2" and path[-2] in ("to_k", "to_v") and "temporal" not in "/".join(path)
+
+
+def test_init_from_with_surgery_widens_the_input_reinits_cross_attention_kv_and_copies_the_rest(stage1_source):
+  config = _target_config(stage1_source)
+  merged = jax.device_get(loop._init_from(config, _fresh(config), None))
+  source = surgery.load_weights(stage1_source)
+  unet, source_unet = flatten(merged["unet"]), flatten(source["unet"])
+  # widen_input_channels: the 4 latent channels' weights are the source's, the depth channel's are zero.
+  kernel = merged["unet"]["conv_in"]["kernel"]
+  np.testing.assert_array_equal(kernel[:, :, :4], source["unet"]["conv_in"]["kernel"])
+  assert kernel.shape[2] == 5 and not np.any(kernel[:, :, 4:])
+  # change_context_width: spatial cross-attention keys and values are drawn anew for the 12-wide content.
+  key_values = [p for p in unet if _is_spatial_key_or_value(p)]
+  assert len(key_values) == 2 * 4  # to_k and to_v of the level-2 transformers: 1 down, 1 mid, 2 up
+  for path in key_values:
+    assert unet[path].shape == (TARGET_WIDTH, source_unet[path].shape[1]) != source_unet[path].shape
+    assert 0.01 < unet[path].std() < 0.03 and not np.any(unet[path] == INIT)
+  # Everything else the source has is copied exactly; the temporal layers it lacks keep their init.
+  for path, value in unet.items():
+    if path in source_unet and path != ("conv_in", "kernel") and path not in key_values:
+      np.testing.assert_array_equal(value, source_unet[path], err_msg="/".join(path))
+    elif path not in source_unet:
+      assert any(part.startswith("temporal_") for part in path) and np.all(value == INIT), path
+  for name in ("vae", "image_encoder"):
+    for a, b in zip(jax.tree.leaves(merged[name]), jax.tree.leaves(source[name])):
+      np.testing.assert_array_equal(a, b)
+  # The new keys and values come from the run's seed: a relaunch draws the same, another seed others.
+  again = flatten(jax.device_get(loop._init_from(config, _fresh(config), None))["unet"])
+  reseeded = flatten(jax.device_get(loop._init_from(_target_config(stage1_source, seed=1), _fresh(config), None))["unet"])
+  for path in key_values:
+    np.testing.assert_array_equal(again[path], unet[path])
+    assert not np.allclose(reseeded[path], unet[path])
+
+
+def test_init_from_without_the_surgery_it_needs_or_with_an_unknown_one_says_which_setting(stage1_source):
+  config = _target_config(stage1_source, surgery_ops=("widen_input_channels",))
+  with pytest.raises(ConfigError, match="conv_in|to_k"):  # the context width still differs
+    loop._init_from(config, _fresh(config), None)
+  config = _target_config(stage1_source, surgery_ops=("widen_input_channels", "change_context_width", "transpose"))
+  with pytest.raises(ConfigError, match="init_surgery.*transpose"):
+    loop._init_from(config, _fresh(config), None)
+  # init_exclude keeps the target's init where it matches, surgery or not.
+  config = _target_config(stage1_source, init_exclude=("unet/time_embedding/.*",))
+  merged = jax.device_get(loop._init_from(config, _fresh(config), None))
+  assert all(np.all(v == INIT) for v in jax.tree.leaves(merged["unet"]["time_embedding"]))
+
+
+def test_widening_through_init_from_keeps_the_source_models_outputs_whatever_the_new_channels_hold(tmp_path):
+  """Gen-1 stage 3: a video model (4 input channels) gains structure channels; at step 0 it is the source."""
+  config = _target_config(str(tmp_path / "video"), surgery_ops=("widen_input_channels",))
+  source_dir = _write_source(tmp_path / "video", config, in_channels=4)
+  merged = loop._init_from(config, _fresh(config), None)
+  unet = loop.build_model(config).unet
+  source_unet = type(unet)(dataclasses.replace(unet.config, in_channels=4))
+  rng = np.random.default_rng(3)
+  latents = rng.standard_normal((2, 3, 8, 8, 4)).astype(np.float32)
+  t, context = np.array([10, 700]), rng.standard_normal((2, 1, TARGET_WIDTH)).astype(np.float32)
+  depth = rng.uniform(-1, 1, (2, 3, 8, 8, 1)).astype(np.float32)
+  reference = jax.jit(source_unet.apply)({"params": surgery.load_weights(source_dir)["unet"]}, latents, t, context)
+  widened = jax.jit(unet.apply)({"params": merged["unet"]}, latents, t, context, jnp.asarray(depth))
+  assert np.abs(np.asarray(reference)).max() > 0.1
+  np.testing.assert_allclose(np.asarray(widened), np.asarray(reference), rtol=1e-5, atol=1e-5)

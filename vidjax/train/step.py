@@ -33,38 +33,47 @@ from vidjax.train.state import TrainState
 Batch = Mapping[str, jax.Array]
 
 
+def conditioning(model: VideoDiffusionModel, config: ml_collections.ConfigDict, params: Mapping[str, Any],
+                 batch: Batch, rng: jax.Array) -> tuple[jax.Array, jax.Array | None, dict[str, jax.Array]]:
+  """The train step's inputs to the loss: latents, structure and (possibly dropped-out) content.
+
+  No gradient flows into them. `config` is the train config (content_dropout, structure_dropout).
+  Returns latents (B, T, h, w, C), structure (B, T, h, w, Cs) or None, and the content keyword of
+  `model.encode_content`: {'tokens': (B, L)}, where a dropped sample holds the empty prompt's ids, or
+  {'image_embeds': (B, D)}, where a dropped sample holds zeros (`model.null_content`'s embedding).
+  Content and structure are dropped independently (their own keys).
+  """
+  latent_key, frame_key, drop_content_key, drop_structure_key = jax.random.split(rng, 4)
+  frozen = jax.lax.stop_gradient(params)
+  latents = batch["latents"] if "latents" in batch else model.encode_frames(frozen, batch["frames"], latent_key)
+  b = latents.shape[0]
+  structure = model.encode_structure(frozen, batch["depth"], batch["structure_fidelity"], latents.shape[2:4])
+  if structure is not None:
+    keep = jax.random.uniform(drop_structure_key, (b,)) >= config.structure_dropout
+    structure = structure * keep[:, None, None, None, None].astype(structure.dtype)
+  drop = jax.random.uniform(drop_content_key, (b,)) < config.content_dropout
+  if model.config.content == "text":
+    content = {"tokens": jnp.where(drop[:, None], model.null_tokens(b), batch["tokens"])}
+  else:  # Gen-1: the CLIP embedding of a random frame (cached embeddings when the batch has them)
+    if "image_embeds" not in batch and "frames" not in batch:
+      raise ConfigError("data.use_latents", "is set for a CLIP-image-content model, but the batches hold neither "
+                        "frames for the CLIP tower nor cached 'image_embeds'",
+                        "feed batches with precomputed CLIP image embeddings 'image_embeds' (B, D) beside the "
+                        "latents, or set data.use_latents=False so the frozen CLIP tower embeds a frame of each clip")
+    embeds = batch["image_embeds"] if "image_embeds" in batch else model.embed_frames(frozen, batch["frames"], frame_key)
+    content = {"image_embeds": jnp.where(drop[:, None], 0.0, embeds)}
+  return latents, structure, content
+
+
 def make_train_step(model: VideoDiffusionModel, tx: optax.GradientTransformation, labels: Any,
                     config: ml_collections.ConfigDict) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """Returns train_step(state, batch, image_mode: bool) -> (state, metrics); see the module docstring."""
   train_mask = jax.tree_util.tree_map(lambda label: label == "train", labels)
 
-  def conditioning(params, batch, rng):
-    """Latents, structure and (possibly dropped-out) content inputs; no gradient flows into them."""
-    latent_key, frame_key, drop_content_key, drop_structure_key = jax.random.split(rng, 4)
-    frozen = jax.lax.stop_gradient(params)
-    latents = batch["latents"] if "latents" in batch else model.encode_frames(frozen, batch["frames"], latent_key)
-    b = latents.shape[0]
-    structure = model.encode_structure(frozen, batch["depth"], batch["structure_fidelity"], latents.shape[2:4])
-    if structure is not None:
-      keep = jax.random.uniform(drop_structure_key, (b,)) >= config.structure_dropout
-      structure = structure * keep[:, None, None, None, None].astype(structure.dtype)
-    drop = jax.random.uniform(drop_content_key, (b,)) < config.content_dropout
-    if model.config.content == "text":
-      content = {"tokens": jnp.where(drop[:, None], model.null_tokens(b), batch["tokens"])}
-    else:  # Gen-1: the CLIP embedding of a random frame (cached embeddings when the batch has them)
-      if "image_embeds" not in batch and "frames" not in batch:
-        raise ConfigError("data.use_latents", "is set for a CLIP-image-content model, but the batches hold neither "
-                          "frames for the CLIP tower nor cached 'image_embeds'",
-                          "feed batches with precomputed CLIP image embeddings 'image_embeds' (B, D) beside the "
-                          "latents, or set data.use_latents=False so the frozen CLIP tower embeds a frame of each clip")
-      embeds = batch["image_embeds"] if "image_embeds" in batch else model.embed_frames(frozen, batch["frames"], frame_key)
-      content = {"image_embeds": jnp.where(drop[:, None], 0.0, embeds)}
-    return latents, structure, content
-
   def train_step(state: TrainState, batch: Batch, image_mode: bool = False):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     cond_key, loss_key = jax.random.split(rng)
-    latents, structure, content = conditioning(state.params, batch, cond_key)
+    latents, structure, content = conditioning(model, config, state.params, batch, cond_key)
     element_weights = object_weights(batch, latents.shape[2:4], config.get("object_loss_weight", 0.0))
 
     def loss_fn(params):
