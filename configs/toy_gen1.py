@@ -43,10 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_exclude = ()
   config.init_surgery = ("change_context_width",)
   config.train.trainable = ("unet/.*",)
-  config.train.num_steps = 1500
+  config.train.num_steps = 2500
   config.train.lr = 3e-4
   config.train.warmup_steps = 50
   config.train.ema_decay = 0.99
   config.checkpoint.every_steps = 250
-  config.log.sample_every_steps = 1500
+  config.log.sample_every_steps = 2500
   return config

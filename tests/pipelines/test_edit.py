@@ -149,12 +149,20 @@ def test_the_shared_real_videos_at_their_odd_sizes(pipe, shared_video, name):
   assert result.source.shape == result.frames.shape and info.width and info.height
 
 
-def test_a_content_image_model_takes_an_image(folders, clip, tmp_path):
+def test_a_content_image_model_takes_an_image(folders, clip, tmp_path, monkeypatch):
   pipe = VideoEditPipeline.from_pretrained(folders["image"], progress=False)
+  contexts = []
+  real_sample = generate.sample_latents
+  monkeypatch.setattr(generate, "sample_latents", lambda *a, **k: contexts.append(k["context"]) or real_sample(*a, **k))
   image = tmp_path / "content.png"
   Image.fromarray(clip.rgb[0]).save(image)
   result = pipe(depth=clip.disparity, image=str(image), num_inference_steps=STEPS)
   assert result.frames.shape == (tiny_model_dir.FRAMES, 32, 32, 3)
+  # The content is the image's CLIP embedding, as one (1, 1, D) token; another image gives another.
+  np.testing.assert_allclose(contexts[0][:, 0], generate.embed_images(pipe.model, pipe.params, clip.rgb[:1]),
+                             rtol=1e-5, atol=1e-6)
+  pipe(depth=clip.disparity, image=np.full((32, 32, 3), 255, np.uint8), num_inference_steps=STEPS)
+  assert contexts[1].shape == (1, 1, 16) and not np.allclose(contexts[1], contexts[0])
   with pytest.raises(VidjaxError, match="prompt.*conditioned on CLIP image embeddings"):
     pipe(depth=clip.disparity, prompt=PROMPT)
 

@@ -21,6 +21,7 @@ from configs import base
 from vidjax import tree
 from vidjax.convert import pretrained
 from vidjax.pipelines.edit import VideoEditPipeline
+from vidjax.sampling import generate
 from vidjax.train import export, loop, surgery
 from vidjax.train.checkpoint import Checkpointer
 
@@ -143,20 +144,39 @@ def test_surgery_keeps_what_it_should_and_inits_what_it_adds(chain):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open defect (issue 16): red and blue reference images give bit-identical "
-                   "edits of the exported stage-4 run; cause not found yet (bit-identical suggests the image "
-                   "content is not reaching the UNet, not merely a weak tiny CLIP tower)")
-def test_the_exported_stage4_run_edits_with_a_reference_image(chain, tmp_path):
+def test_the_exported_stage4_run_edits_with_a_reference_image(chain, tmp_path, monkeypatch):
+  """The reference image's CLIP embedding is the context the sampler gets, and it moves the latents.
+
+  Frames are not compared across references: two steps per stage from a random tiny CLIP give red and
+  blue embeddings about 0.005 apart, which moves the latents by ~5e-5 and the uint8 frames not at all
+  (measured). What a trained tower does with the content is the toy Gen-1 benchmark's business
+  (configs/toy_gen1.py: image prompting on held-out scenes).
+  """
   pipe = VideoEditPipeline.from_pretrained(chain["exported"], progress=False)
-  rng = np.random.default_rng(0)
-  depth = rng.random((FRAMES, SIZE, SIZE)).astype(np.float32)
+  sampled = []
+  real_sample = generate.sample_latents
+
+  def spy(*args, **kwargs):
+    latents = real_sample(*args, **kwargs)
+    sampled.append((np.asarray(kwargs["context"]), np.asarray(latents)))
+    return latents
+
+  monkeypatch.setattr(generate, "sample_latents", spy)
+  depth = np.random.default_rng(0).random((FRAMES, SIZE, SIZE)).astype(np.float32)
+  images = [np.full((SIZE, SIZE, 3), colour, np.uint8) for colour in ((230, 20, 20), (20, 20, 230))]
   paths = []
-  for i, colour in enumerate(((230, 20, 20), (20, 20, 230))):  # plain red, plain blue: far apart for CLIP
+  for i, image in enumerate(images):
     paths.append(tmp_path / f"ref{i}.png")
-    Image.fromarray(np.full((SIZE, SIZE, 3), colour, np.uint8)).save(paths[-1])
-  edit = lambda image, fidelity=0: pipe(depth=depth, image=str(image), num_inference_steps=2, seed=0,
-                                         structure_fidelity=fidelity).frames
+    Image.fromarray(image).save(paths[-1])
+  edit = lambda path: pipe(depth=depth, image=str(path), num_inference_steps=2, seed=0).frames
   first = edit(paths[0])
   assert first.shape == (FRAMES, SIZE, SIZE, 3) and first.dtype == np.uint8
   np.testing.assert_array_equal(edit(paths[0]), first)
-  assert not np.array_equal(edit(paths[1]), first)
+  edit(paths[1])
+  (red, red_latents), (red_again, red_latents_again), (blue, blue_latents) = sampled
+  np.testing.assert_array_equal(red_again, red)
+  np.testing.assert_array_equal(red_latents_again, red_latents)
+  want = generate.embed_images(pipe.model, pipe.params, images[0][None])
+  np.testing.assert_allclose(red[:, 0], np.asarray(want), rtol=1e-5, atol=1e-6)  # one (1, 1, D) token
+  assert red.shape == (1, 1, WIDTH) and not np.allclose(red, blue)
+  assert np.abs(blue_latents - red_latents).max() > 1e-6
