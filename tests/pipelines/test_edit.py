@@ -161,8 +161,23 @@ def test_a_content_image_model_takes_an_image(folders, clip, tmp_path, monkeypat
   # The content is the image's CLIP embedding, as one (1, 1, D) token; another image gives another.
   np.testing.assert_allclose(contexts[0][:, 0], generate.embed_images(pipe.model, pipe.params, clip.rgb[:1]),
                              rtol=1e-5, atol=1e-6)
-  pipe(depth=clip.disparity, image=np.full((32, 32, 3), 255, np.uint8), num_inference_steps=STEPS)
+  white = np.full((40, 24, 3), 255, np.uint8)  # another size: each image is preprocessed alone
+  pipe(depth=clip.disparity, image=white, num_inference_steps=STEPS)
   assert contexts[1].shape == (1, 1, 16) and not np.allclose(contexts[1], contexts[0])
+  # Several images (a list, or a folder of them) are one content: the mean of their embeddings.
+  folder = tmp_path / "subject"
+  folder.mkdir()
+  Image.fromarray(clip.rgb[0]).save(folder / "a.png")
+  Image.fromarray(white).save(folder / "b.png")
+  (folder / "notes.txt").write_text("not an image")
+  pipe(depth=clip.disparity, image=[str(image), white], num_inference_steps=STEPS)
+  pipe(depth=clip.disparity, image=str(folder), num_inference_steps=STEPS)
+  np.testing.assert_allclose(contexts[2], (contexts[0] + contexts[1]) / 2, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(contexts[3], contexts[2], rtol=1e-6, atol=1e-7)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(VidjaxError, match="empty.*folder without image files"):
+    pipe(depth=clip.disparity, image=str(empty), num_inference_steps=STEPS)
   with pytest.raises(VidjaxError, match="prompt.*conditioned on CLIP image embeddings"):
     pipe(depth=clip.disparity, prompt=PROMPT)
 

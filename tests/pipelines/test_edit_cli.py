@@ -231,3 +231,21 @@ def test_a_kill_while_writing_leaves_no_partial_output(checkpoints, tmp_path):
       assert json.loads(path.read_text())["settings"]["num_frames"] == num_frames
     else:
       assert len(video_io.read_video(path)) == num_frames
+
+
+def test_image_prompting_takes_one_image_several_or_a_folder(checkpoints, tmp_path):
+  refs = tmp_path / "refs"
+  refs.mkdir()
+  rng = np.random.default_rng(0)
+  for name in ("a.png", "b.jpg"):
+    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), np.uint8)).save(refs / name)
+  runs = {"one": [refs / "a.png"], "two": [refs / "a.png", refs / "b.jpg"], "folder": [refs]}
+  for name, images in runs.items():
+    out = tmp_path / name / "out.mp4"
+    assert edit("--checkpoint", checkpoints["image"], "--image", *images, "--seed", 3, "--out", out) == 0
+    assert json.loads((out.parent / "out.json").read_text())["settings"]["image"] == [str(p) for p in images]
+  frames = {name: video_io.read_video(tmp_path / name / "out.mp4") for name in runs}
+  np.testing.assert_array_equal(frames["folder"], frames["two"])  # the folder's images, averaged as the list's
+  missing = tmp_path / "none.png"
+  assert edit("--checkpoint", checkpoints["image"], "--image", refs / "a.png", missing, "--out", tmp_path / "x.mp4") == 2
+  assert not (tmp_path / "x.mp4").exists()

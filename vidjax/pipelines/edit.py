@@ -174,8 +174,9 @@ class VideoEditPipeline:
       video: path or uint8 (T, H, W, 3) frames; its depth is estimated unless `depth` is given.
       depth: path (.npy or a grayscale video, white = near) or array (T, H, W) of inverse depth:
         the structure to follow (with `video`, it replaces the estimate).
-      prompt / image: the content: a prompt for text models, a content image (path or uint8 array)
-        for image-embedding models; negative_prompt replaces the empty prompt in guidance. Words the tokenizer
+      prompt / image: the content: a prompt for text models, a content image for image-embedding
+        models (a path or uint8 array; or several, as a list, an (N, H, W, 3) array or a folder, whose
+        CLIP embeddings are averaged); negative_prompt replaces the empty prompt in guidance. Words the tokenizer
         does not know (read as its unk token) and text past its context are named in a warning.
       strict_prompt: refuse such prompts instead (InputError naming the words).
       structure_fidelity: t_s, an int within the range the checkpoint was trained on.
@@ -221,7 +222,7 @@ class VideoEditPipeline:
       bar.set_postfix_str(stage)
       return value
 
-    frames, raw_depth, keep, content_image = self._read_inputs(s, notes)
+    frames, raw_depth, keep, content_images = self._read_inputs(s, notes)
     t = len(frames) if frames is not None else len(raw_depth)
     self._check_length(t, s)
     done("inputs")
@@ -242,7 +243,7 @@ class VideoEditPipeline:
     latent_hw = (hw[0] // factor, hw[1] // factor)
     cond = generate.encode_structure(self.model, self.params, used_depth[None, ..., None],
                                      np.full((1,), s.structure_fidelity, np.int32), latent_hw)
-    context, null_context = self._encode_content(s, content_image)
+    context, null_context = self._encode_content(s, content_images)
     source_latents = None
     if frames is not None and (keep is not None or s.strength < 1.0):
       source_latents = generate.encode_frames(self.model, self.params, frames[None])
@@ -382,7 +383,8 @@ class VideoEditPipeline:
     return notes
 
   def _read_inputs(self, s: EditSettings, notes: list[str]):
-    """-> frames uint8 (T, H, W, 3) | None, depth float32 (T, H, W) | None, keep bool (T|1, H, W) | None, image."""
+    """-> frames uint8 (T, H, W, 3) | None, depth float32 (T, H, W) | None, keep bool (T|1, H, W) | None,
+    the content images (a list of uint8 (H, W, 3)) | None."""
     frames = depth = keep = None
     select = dict(num_frames=s.num_frames, stride=s.stride, start_sec=s.start_sec)
     if s.video is not None:
@@ -395,7 +397,7 @@ class VideoEditPipeline:
     source_hw = (frames if frames is not None else depth).shape[1:3]
     if s.mask is not None:
       keep = edit_inputs.read_mask_input(s.mask, num_frames=len(frames), size=source_hw)
-    content_image = edit_inputs.read_image_input(s.image) if s.image is not None else None
+    content_images = edit_inputs.read_image_inputs(s.image) if s.image is not None else None
     # One geometry for frames, depth and mask: scale and centre-crop to the model's size multiple.
     m = self.size_multiple
     if s.height is not None:
@@ -421,7 +423,7 @@ class VideoEditPipeline:
       depth = np.clip(edit_inputs.fit_maps(depth, scaled, target), 0.0, 1.0)
     if keep is not None:
       keep = edit_inputs.fit_maps(keep.astype(np.float32), scaled, target) > 0.5
-    return frames, depth, keep, content_image
+    return frames, depth, keep, content_images
 
   def _check_length(self, t: int, s: EditSettings) -> None:
     trained = self.trained_frames
@@ -433,13 +435,13 @@ class VideoEditPipeline:
       raise InputError(f"{t} frames", f"more than the model's {max_frames} frame-index embeddings",
                        f"pass num_frames <= {max_frames}")
 
-  def _encode_content(self, s: EditSettings, image: np.ndarray | None) -> tuple[jax.Array, jax.Array]:
+  def _encode_content(self, s: EditSettings, images: list[np.ndarray] | None) -> tuple[jax.Array, jax.Array]:
     """-> (context, null context); an empty negative prompt is the model's own null content."""
     if self.model.config.content == "text":
       negative = self.model_dir.tokenizer([s.negative_prompt]) if s.negative_prompt else None
       return generate.encode_content(self.model, self.params, tokens=self.model_dir.tokenizer([s.prompt]),
                                      negative_tokens=negative)
-    embeds = generate.embed_images(self.model, self.params, image[None])
+    embeds = generate.embed_images(self.model, self.params, images)
     return generate.encode_content(self.model, self.params, image_embeds=embeds)
 
 
@@ -455,6 +457,8 @@ def _describe(value: Any) -> Any:
   """A JSON-able stand-in for an input: a path as given, an array by shape and dtype."""
   if value is None or isinstance(value, (str, int, float)):
     return value
+  if isinstance(value, (list, tuple)):
+    return [_describe(item) for item in value]
   if isinstance(value, os.PathLike):
     return os.fspath(value)
   array = np.asarray(value)

@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
   inputs.add_argument("--strict-prompt", action="store_true", default=None,
                       help="refuse a prompt with words the tokenizer does not know, or longer than its context "
                       "(default: run, and warn naming them)")
-  inputs.add_argument("--image", metavar="PATH", help="the new content as an image, for image-embedding models")
+  inputs.add_argument("--image", metavar="PATH", nargs="+",
+                      help="the new content as an image, for image-embedding models; several images or a folder "
+                      "of them are one content (their CLIP embeddings averaged, as Gen-1's customization sets)")
   inputs.add_argument("--mask", metavar="PATH", help="image or video at the input's size, white where the source "
                       "is kept (Gen-1 masked editing)")
   inputs.add_argument("--toy-seed", type=int, metavar="INT", default=DEFAULT_TOY_SEED,
@@ -154,9 +156,12 @@ def _check_outputs(paths: dict[str, str], inputs: list[str]) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
   """Arguments the pipeline does not see (or sees only after loading the model), checked first."""
-  for path, kind in ((args.video, "video"), (args.depth, "depth"), (args.image, "image"), (args.mask, "mask")):
+  for path, kind in ((args.video, "video"), (args.depth, "depth"), (args.mask, "mask")):
     if path is not None:
       edit_inputs.existing_file(path, kind)  # the pipeline's own message
+  for path in args.image or ():
+    if not os.path.isdir(path):  # a folder of images is read (and checked) by the pipeline
+      edit_inputs.existing_file(path, "image")
   for name, path in (("--checkpoint", args.checkpoint), ("--depth-model", args.depth_estimator)):
     if path is not None and not os.path.isdir(path):
       raise InputError(path, f"the {name} folder does not exist", f"pass an existing folder as {name}")
@@ -246,7 +251,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> list[str]:
   """Checks, edits, writes; returns the written paths. Raises VidjaxError before writing anything."""
   sweep = parse_sweep(args.sweep) if args.sweep is not None else None
   paths = output_paths(args.out, sweep=sweep is not None)
-  _check_outputs(paths, [p for p in (args.video, args.depth, args.image, args.mask) if p is not None])
+  _check_outputs(paths, [p for p in (args.video, args.depth, args.mask, *(args.image or ())) if p is not None])
   _check_args(args)
   fps = _output_fps(args)
 

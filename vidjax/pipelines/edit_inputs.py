@@ -124,6 +124,31 @@ def _read_image(path: str, name: str) -> np.ndarray:
     raise InputError(path, f"not a readable image ({e})", f"pass the {name} as a PNG or JPEG file") from e
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def read_image_inputs(image: Any) -> list[np.ndarray]:
+  """The content image(s) -> a list of uint8 (H, W, 3), sizes free.
+
+  `image`: a path, a folder (its image files, sorted by name: a customization set), an array
+  (H, W, 3) or (N, H, W, 3), or a list of those. Several images are one content: the
+  pipeline averages their CLIP embeddings, as Gen-1 conditions on a set of images of one subject.
+  """
+  if isinstance(image, (str, os.PathLike)) and os.path.isdir(image):
+    files = sorted(f for f in os.listdir(image) if f.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+      raise InputError(os.fspath(image), f"is a folder without image files ({', '.join(IMAGE_SUFFIXES)})",
+                       "pass an image file, or a folder of PNG or JPEG images")
+    return [read_image_input(os.path.join(image, f)) for f in files]
+  if isinstance(image, (list, tuple)):
+    if not image:
+      raise InputError("image", "is an empty list", "pass at least one content image")
+    return [array for item in image for array in read_image_inputs(item)]
+  if not isinstance(image, (str, os.PathLike)) and np.ndim(image) == 4:
+    return [read_image_input(item) for item in np.asarray(image)]
+  return [read_image_input(image)]
+
+
 def read_image_input(image: Any) -> np.ndarray:
   """A path or array -> uint8 (H, W, 3)."""
   if isinstance(image, (str, os.PathLike)):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -95,11 +95,12 @@ def encode_content(model: VideoDiffusionModel, params: Mapping[str, Any], *, tok
                                   as_array(negative_tokens, jnp.int32))
 
 
-def embed_images(model: VideoDiffusionModel, params: Mapping[str, Any], images: np.ndarray) -> jax.Array:
-  """uint8 (N, H, W, 3) content images -> (1, D): the mean of their CLIP image embeddings (Gen-1's content;
-  several images of one subject are averaged, as Gen-1 conditions on a customization set)."""
+def embed_images(model: VideoDiffusionModel, params: Mapping[str, Any], images: Sequence[np.ndarray]) -> jax.Array:
+  """Content images, each uint8 (H, W, 3) of any size -> (1, D): the mean of their CLIP image embeddings
+  (Gen-1's content; several images of one subject are averaged, as Gen-1 conditions on a customization set)."""
   config = model.config.image_encoder
-  embeds = encode_image(config, params["image_encoder"], preprocess_images(images, config.image_size))["image_embeds"]
+  pixels = jnp.concatenate([preprocess_images(np.asarray(image)[None], config.image_size) for image in images])
+  embeds = encode_image(config, params["image_encoder"], pixels)["image_embeds"]
   return jnp.mean(embeds, axis=0, keepdims=True)
 
 

@@ -102,7 +102,7 @@ def final_edit(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def edit_case(case: toy_edit.EditCase) -> np.ndarray:
     content = {"tokens": tokenize([case.target_caption], config.data.tokenizer_dir, config.data.max_caption_tokens)}
     if model.config.content == "image":  # Gen-1: the reference picture's CLIP embedding is the content
-      content = {"image_embeds": generate.embed_images(model, params, toy_edit.reference_image(case)[None])}
+      content = {"image_embeds": generate.embed_images(model, params, [toy_edit.reference_image(case)])}
     frames = generate.generate(model, params, case.source.disparity[None, ..., None], **content, seed=case.seed,
                                num_inference_steps=edit.num_inference_steps, guidance_scale=edit.guidance_scale,
                                temporal_guidance_scale=edit.temporal_guidance_scale)[0]
