@@ -72,9 +72,9 @@ def _fresh_params(config):
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory, data):
+def chain(tmp_path_factory, loop_base):
   root = tmp_path_factory.mktemp("gen1")
-  previous = _stage0(str(root / "stage0"), data["data.data_dir"])
+  previous = _stage0(str(root / "stage0"), loop_base["data.data_dir"])
   runs, configs, samples = {0: previous}, {}, {}
   real_summary = loop.sample_summary
   with pytest.MonkeyPatch.context() as patch:
@@ -84,7 +84,7 @@ def chain(tmp_path_factory, data):
         samples.setdefault(_stage, []).append(video)
         return video
       patch.setattr(loop, "sample_summary", spy)
-      configs[stage] = gen1_tiny(stage, data["data.data_dir"], previous)
+      configs[stage] = gen1_tiny(stage, loop_base["data.data_dir"], previous)
       workdir = str(root / f"stage{stage}")
       summary = loop.train_and_evaluate(configs[stage], workdir)
       assert summary["step"] == STEPS and np.isfinite(summary["last_smoothed_loss"])
