@@ -80,6 +80,11 @@ class ModelConfig:
                         "give the CLIP vision tower's config with projection_dim = unet.cross_attention_dim")
 
   @property
+  def size_multiple(self) -> int:
+    """Frame sides must be multiples of this: the VAE factor times the UNet's downsampling."""
+    return self.vae.downsample_factor * 2 ** (len(self.unet.block_out_channels) - 1)
+
+  @property
   def structure_channels(self) -> int:
     return {"none": 0, "depth": 1, "depth_pixels": 1 + self.vae.downsample_factor**2,
             "depth_latent": self.vae.latent_channels + 4}[self.structure]
