@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vidjax.data.loader import Loader
+from vidjax.data.loader import Loader, check_image_buckets
 from vidjax.errors import ConfigError
 from vidjax.models import flops
 from vidjax.models.build import build_model
@@ -56,6 +56,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = mesh_lib.make_mesh(config.mesh.shape.to_dict(), devices)
   rules = tuple(config.mesh.rules)
   model = build_model(config)
+  # Here, where the model meets the data: the loader alone does not know the model's size multiple.
+  check_image_buckets(config.data.image_buckets, model.config.size_multiple)
   rng = jax.random.key(config.seed)
   abstract_params = jax.eval_shape(model.init, rng)
   labels = state_lib.trainable_labels(abstract_params, config.train.trainable)
