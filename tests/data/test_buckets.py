@@ -178,10 +178,10 @@ def test_the_loader_refuses_malformed_buckets_and_buckets_over_cached_latents(sh
 
 @pytest.mark.parametrize("stage", [1, 2, 3, 4])
 def test_gen1_trains_images_at_its_buckets_and_they_fit_its_model(stage):
-  from vidjax.models.build import build_model  # pylint: disable=g-import-not-at-top
+  from vidjax.models import build  # pylint: disable=g-import-not-at-top
   gen1 = __import__(f"configs.gen1_stage{stage}", fromlist=["get_config"]).get_config()
   buckets = set(gen1.data.image_buckets)
   assert buckets == {(320, 320), (320, 384), (384, 320), (256, 448), (448, 256)}  # Sec. 3.4, with flips
-  multiple = build_model(gen1).config.size_multiple
-  assert multiple == 64
+  multiple = build.size_multiple(gen1)
+  assert multiple == build.build_model(gen1).config.size_multiple == 64
   assert set(loader.check_image_buckets(gen1.data.image_buckets, multiple)) == buckets
