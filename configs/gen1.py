@@ -15,6 +15,10 @@ import ml_collections
 from configs import base
 
 FRAMES = 8
+# (height, width) of Gen-1's image batches (Sec. 3.4: 320x320, 384x320, 448x256 and the flipped
+# aspects, written there width x height like its 448x256 videos); one per batch, drawn from (seed, step).
+# Multiples of SD's size multiple 64 (VAE factor 8 x UNet downsampling 8).
+IMAGE_BUCKETS = ((320, 320), (320, 384), (384, 320), (256, 448), (448, 256))
 
 
 def get_config(stage: int = 1) -> ml_collections.ConfigDict:
@@ -28,6 +32,7 @@ def get_config(stage: int = 1) -> ml_collections.ConfigDict:
   config.data.data_dir = ""  # shards from data_pipelines/build_shards.py with --depth dpt (MiDaS DPT-Large)
   config.data.batch_size = 8
   config.data.image_fraction = 1.0 if stage == 1 else 0.125  # stage 1: images only
+  config.data.image_buckets = IMAGE_BUCKETS
   config.data.structure_fidelity_min = 0
   config.data.structure_fidelity_max = 7 if stage == 4 else 0  # t_s = 0 in stage 3, U{0..7} in stage 4
   config.train.trainable = ("unet/.*",)  # VAE and CLIP stay frozen

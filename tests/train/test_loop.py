@@ -114,3 +114,13 @@ def test_a_text_model_without_a_tokenizer_is_refused_before_anything_is_written(
   with pytest.raises(ConfigError, match="tokenizer_dir.*caption text"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+def test_image_buckets_the_model_cannot_take_are_refused_before_anything_is_written(tmp_path):
+  # The tiny model's size multiple is 4: VAE factor 2 x UNet downsampling 2. Checked before the model
+  # is built, which would read the tokenizer.
+  config = tiny_config.tiny_config(**{"data.image_buckets": ((16, 16), (16, 18)),
+                                      "data.tokenizer_dir": str(tmp_path / "no_tokenizer")})
+  with pytest.raises(ConfigError, match=r"data.image_buckets: 16x18 .* size multiple 4 .*e.g. \(16, 20\)"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ import pytest
 
 from configs import toy
 from vidjax.errors import ConfigError
+from vidjax.models import build
 from vidjax.train import main
 
 TRAIN = pathlib.Path(main.__file__).parent
@@ -43,3 +44,13 @@ def test_no_training_module_assigns_into_a_config():
             writes.append(f"{path.name}:{node.lineno}")
   assert not writes, f"stages write into the config: {sorted(set(writes))}"
   assert "lock_config=True" in (TRAIN / "main.py").read_text()
+
+
+def test_image_buckets_off_the_models_size_multiple_stop_the_job_before_the_data_and_the_stages(tmp_path):
+  """The toy job builds data and trains a VAE before the main stage; a bad bucket must not wait for them."""
+  config = toy.get_config()
+  multiple = build.size_multiple(config)
+  config.data.image_buckets = ((multiple, multiple), (multiple, multiple + multiple // 2))
+  with pytest.raises(ConfigError, match=f"data.image_buckets: .* size multiple {multiple} "):
+    main.run(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

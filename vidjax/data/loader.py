@@ -6,7 +6,8 @@
   Loader(config).set_state(state)    # continues with exactly the batches that would have followed
 
 Batches (per process; B = batch_size, T = num_frames of the manifest, N = B for a video batch and
-image_batch_size, default B * T, for an image batch, whose time axis has length 1):
+image_batch_size, default B * T, for an image batch, whose time axis has length 1; H x W is the
+stored size, or an image batch's bucket when image_buckets is set):
   frames              float32 (N, T|1, H, W, 3) in [-1, 1]   (absent when use_latents)
   latents             float32 (N, T|1, h, w, 4)              (only when use_latents)
   depth               float32 (N, T|1, H, W, 1) as stored ([0, 1], 1 = near) after the t_s blur; the
@@ -29,6 +30,16 @@ How the stream is made, and why:
     probability 12.5%). An image batch takes single frames from the clips that step would have
     used, so the data order does not depend on the mixing; Gen-1's image batch of 9216 equals its
     video batch of 1152 x 8 frames, which is our default.
+  - Image batches at aspect-ratio buckets (`image_buckets`, off by default): each image batch takes
+    one (height, width) of the list, drawn uniformly from (seed, step) like the image/video choice,
+    and its frames, depth and masks are scaled to cover it and centre-cropped on one geometry
+    (`video_io.resize_center_crop`). Gen-1 trains images at 320x320, 384x320, 448x256 and their
+    flips (configs/gen1.py). A batch is one array, so a bucket is per batch, not per frame. We draw
+    it per step rather than from each source's aspect (SDXL's rule for images of many shapes): the
+    frames of a shard folder all have its one stored size, so an aspect rule would always pick the
+    same bucket; a draw from (seed, step) uses every bucket, every process agrees on the shape, and a
+    restored run replays it. The train step is jitted, so each bucket compiles it once more (as in
+    SDXL's trainers); `check_image_buckets` refuses sizes the model cannot take.
 """
 
 from __future__ import annotations
@@ -45,8 +56,8 @@ import numpy as np
 
 from vidjax.conditioning import structure
 from vidjax.conditioning.tokens import tokenize
-from vidjax.data import records
-from vidjax.errors import ConfigError, InputError
+from vidjax.data import records, video_io
+from vidjax.errors import ConfigError, InputError, is_number
 
 
 
@@ -59,6 +70,8 @@ def default_loader_config() -> ml_collections.ConfigDict:
   config.batch_size = 8  # clips per video batch
   config.image_fraction = 0.125  # Gen-1: image batches with probability 12.5%
   config.image_batch_size = 0  # frames per image batch; 0 = batch_size * num_frames
+  # ((height, width), ...) an image batch is resized to, one per batch from (seed, step); () = stored size
+  config.image_buckets = ()
   config.structure_fidelity_min = 0  # t_s ~ U{min, ..., max}; Gen-1's last stage: 0..7
   config.structure_fidelity_max = 7
   config.seed = 0
@@ -82,6 +95,7 @@ class BatchSettings:
   process_index: int
   image_fraction: float
   image_batch_size: int
+  image_buckets: tuple[tuple[int, int], ...]
   structure_fidelity_range: tuple[int, int]
   tokenizer_dir: str
   max_caption_tokens: int
@@ -91,6 +105,40 @@ class BatchSettings:
 def is_image_step(seed: int, step: int, image_fraction: float) -> bool:
   """Whether batch `step` is an image batch: a function of (seed, step) alone."""
   return bool(np.random.default_rng([seed, step]).random() < image_fraction)
+
+
+def image_bucket(seed: int, step: int, buckets: tuple[tuple[int, int], ...]) -> tuple[int, int] | None:
+  """The (height, width) of image batch `step`, uniform over `buckets`: a function of (seed, step)
+  alone (None without buckets)."""
+  if not buckets:
+    return None
+  # Not [seed, step, 0]: SeedSequence pads entropy with zeros, so that would be is_image_step's own
+  # stream; [seed, step, p + 1] are the per-process streams. Four words are none of them.
+  return tuple(buckets[np.random.default_rng([seed, step, 0, 1]).integers(len(buckets))])
+
+
+def check_image_buckets(buckets: Any, size_multiple: int = 1) -> tuple[tuple[int, int], ...]:
+  """`data.image_buckets` as a tuple of (height, width) ints, each side a multiple of `size_multiple`.
+
+  The loader checks the form (multiple 1); the trainer, which knows the model, checks the sizes
+  with its size multiple (VAE factor x UNet downsampling). ConfigError naming the field otherwise.
+  """
+  fix = "give ((height, width), ...) with sides that are positive multiples of the model's size multiple"
+  if not isinstance(buckets, (tuple, list)):
+    raise ConfigError("data.image_buckets", f"{buckets!r} is not a tuple of (height, width) pairs", fix)
+  out = []
+  for bucket in buckets:
+    if (not isinstance(bucket, (tuple, list)) or len(bucket) != 2
+        or not all(is_number(side, integer=True) and side >= 1 for side in bucket)):
+      raise ConfigError("data.image_buckets", f"{bucket!r} is not a (height, width) pair of positive integers", fix)
+    height, width = int(bucket[0]), int(bucket[1])
+    if height % size_multiple or width % size_multiple:
+      nearest = tuple(max(1, int(side / size_multiple + 0.5)) * size_multiple for side in (height, width))
+      raise ConfigError("data.image_buckets", f"{height}x{width} (height x width) has a side that is not a "
+                        f"multiple of the model's size multiple {size_multiple} (VAE factor x UNet downsampling)",
+                        f"use sides that are multiples of {size_multiple}, e.g. {nearest}")
+    out.append((height, width))
+  return tuple(out)
 
 
 def _augment_depth(depth: np.ndarray, structure_fidelity: np.ndarray) -> np.ndarray:
@@ -120,6 +168,9 @@ class AssembleBatch(grain.transforms.MapWithIndex):
     is_image = is_image_step(s.seed, index, s.image_fraction)
     if is_image:
       clips, captions = _image_batch(clips, captions, s.image_batch_size, rng)
+      bucket = image_bucket(s.seed, index, s.image_buckets)
+      if bucket is not None:
+        clips = _resize_to_bucket(clips, bucket)
     low, high = s.structure_fidelity_range
     fidelity = rng.integers(low, high + 1, size=len(captions)).astype(np.int32)
     pixel_values = clips[pixels].astype(np.float32)
@@ -147,6 +198,22 @@ def _image_batch(clips: dict[str, np.ndarray], captions: list[str], size: int,
   return frames, [captions[i // num_frames] for i in chosen]
 
 
+def _resize_to_bucket(clips: dict[str, np.ndarray], bucket: tuple[int, int]) -> dict[str, np.ndarray]:
+  """An image batch's frames uint8 (N, 1, H, W, 3), depth (N, 1, H, W) and masks (N, 1, H, W) as stored
+  -> the same at (N, 1, *bucket, ...): scaled to cover the bucket and centre-cropped, one geometry for all.
+
+  Depth is clipped back to [0, 1] and masks thresholded (bicubic overshoots at steps); masks come out
+  as 0/1, which is all the batch keeps of them (`object_mask`).
+  """
+  height, width = bucket
+  maps = lambda values: video_io.resize_center_crop_maps(values[:, 0], height, width)[:, None]
+  out = {"frames": video_io.resize_center_crop(clips["frames"][:, 0], height, width)[:, None],
+         "depth": np.clip(maps(clips["depth"]), 0.0, 1.0)}
+  if "masks" in clips:
+    out["masks"] = (maps((clips["masks"] > 0).astype(np.float32)) > 0.5).astype(np.uint8)
+  return out
+
+
 def _settings(config: ml_collections.ConfigDict, manifest: records.Manifest,
               process_index: int) -> BatchSettings:
   """Checks the config against the manifest and freezes what the batch transform needs."""
@@ -159,16 +226,19 @@ def _settings(config: ml_collections.ConfigDict, manifest: records.Manifest,
       (not 1 <= image_batch_size <= max_image_batch,
        f"image_batch_size must be in [1, batch_size * num_frames = {max_image_batch}]"),
       (not 0 <= low <= high, "need 0 <= structure_fidelity_min <= structure_fidelity_max"),
+      (config.use_latents and bool(config.image_buckets),
+       "image_buckets resize pixel frames, but use_latents reads latents cached at the stored size"),
       (config.use_latents and "latents" not in manifest.fields,
        f"use_latents is set but {config.data_dir} holds no latents"),
   ]
   for failed, problem in problems:
     if failed:
       raise ConfigError("data config", problem, "fix the data section of the config")
+  buckets = check_image_buckets(config.image_buckets)
   return BatchSettings(
       folder=config.data_dir, fields=manifest.fields, seed=config.seed,
       process_index=process_index, image_fraction=config.image_fraction,
-      image_batch_size=image_batch_size, structure_fidelity_range=(low, high),
+      image_batch_size=image_batch_size, image_buckets=buckets, structure_fidelity_range=(low, high),
       tokenizer_dir=config.tokenizer_dir, max_caption_tokens=config.max_caption_tokens,
       use_latents=config.use_latents)
 
@@ -198,6 +268,8 @@ def _fingerprint(config: ml_collections.ConfigDict, process_index: int, process_
   keys = ("batch_size", "image_fraction", "image_batch_size", "seed", "shuffle", "num_epochs",
           "structure_fidelity_min", "structure_fidelity_max", "use_latents")
   stream = {k: config[k] for k in keys} | {"process": [process_index, process_count]}
+  if config.image_buckets:  # only when set: states saved before buckets existed keep their fingerprint
+    stream["image_buckets"] = [list(bucket) for bucket in config.image_buckets]
   return hashlib.sha256(json.dumps(stream, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -261,6 +261,14 @@ def _check_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:
   return frames
 
 
+def _cover_box(source_h: int, source_w: int, height: int, width: int) -> tuple[float, float, float, float]:
+  """The centre crop, in source pixels (left, top, right, bottom), that scaling to cover height x width keeps."""
+  scale = max(height / source_h, width / source_w)
+  box_w, box_h = width / scale, height / scale
+  left, top = (source_w - box_w) / 2, (source_h - box_h) / 2
+  return left, top, left + box_w, top + box_h
+
+
 def resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
   """Scales frames to cover height x width (aspect kept), then centre-crops: uint8 (T, h, w, 3).
 
@@ -271,13 +279,28 @@ def resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarra
   num, source_h, source_w, _ = frames.shape
   if (source_h, source_w) == (height, width):
     return frames
-  scale = max(height / source_h, width / source_w)
-  box_w, box_h = width / scale, height / scale
-  left, top = (source_w - box_w) / 2, (source_h - box_h) / 2
-  box = (left, top, left + box_w, top + box_h)
+  box = _cover_box(source_h, source_w, height, width)
   out = np.empty((num, height, width, 3), np.uint8)
   for i, frame in enumerate(frames):
     out[i] = Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC, box=box)
+  return out
+
+
+def resize_center_crop_maps(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+  """`resize_center_crop` for per-pixel maps: float (T, H, W) -> float32 (T, height, width).
+
+  The same box and filter as the frames (PIL's float mode, not rounded to uint8), so depth and masks
+  resized with frames of the same source size stay on their pixels. Bicubic overshoots near steps:
+  callers clip depth to its range and threshold masks.
+  """
+  maps = np.asarray(maps, np.float32)
+  num, source_h, source_w = maps.shape
+  if (source_h, source_w) == (height, width):
+    return maps
+  box = _cover_box(source_h, source_w, height, width)
+  out = np.empty((num, height, width), np.float32)
+  for i, values in enumerate(maps):
+    out[i] = Image.fromarray(values).resize((width, height), Image.Resampling.BICUBIC, box=box)
   return out
 
 

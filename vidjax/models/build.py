@@ -10,6 +10,7 @@ from vidjax.conditioning.tokens import tokenize
 from vidjax.models.clip import CLIPTextConfig, CLIPVisionConfig
 from vidjax.models.unet import UNetConfig
 from vidjax.models.vae import VAEConfig
+from vidjax.models import video_model
 from vidjax.models.video_model import ModelConfig, VideoDiffusionModel
 
 
@@ -36,6 +37,11 @@ def build_model(config: ml_collections.ConfigDict, *, vae_scaling_factor: float 
       unet=UNetConfig(**_tuples(m.unet)), vae=VAEConfig(**vae), text_encoder=text, image_encoder=image,
       structure=m.structure, content=m.content, null_tokens=null_tokens, prediction_type=m.prediction_type,
       beta_schedule=m.beta_schedule))
+
+
+def size_multiple(config: ml_collections.ConfigDict) -> int:
+  """`ModelConfig.size_multiple` of `config.model` without building the model (no tokenizer read)."""
+  return video_model.size_multiple(VAEConfig(**_tuples(config.model.vae)), UNetConfig(**_tuples(config.model.unet)))
 
 
 def clip_configs(config: ml_collections.ConfigDict) -> tuple[CLIPTextConfig, CLIPVisionConfig]:

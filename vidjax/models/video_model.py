@@ -80,9 +80,19 @@ class ModelConfig:
                         "give the CLIP vision tower's config with projection_dim = unet.cross_attention_dim")
 
   @property
+  def size_multiple(self) -> int:
+    """Frame sides must be multiples of this: the VAE factor times the UNet's downsampling."""
+    return size_multiple(self.vae, self.unet)
+
+  @property
   def structure_channels(self) -> int:
     return {"none": 0, "depth": 1, "depth_pixels": 1 + self.vae.downsample_factor**2,
             "depth_latent": self.vae.latent_channels + 4}[self.structure]
+
+
+def size_multiple(vae: VAEConfig, unet: UNetConfig) -> int:
+  """The VAE factor times the UNet's downsampling: frame sides the model takes are multiples of it."""
+  return vae.downsample_factor * 2 ** (len(unet.block_out_channels) - 1)
 
 
 class VideoDiffusionModel:

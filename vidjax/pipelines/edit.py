@@ -150,7 +150,7 @@ class VideoEditPipeline:
   @property
   def size_multiple(self) -> int:
     """Frame sides must be multiples of this: the VAE factor times the UNet's downsampling."""
-    return self.model.config.vae.downsample_factor * 2 ** (len(self.model.config.unet.block_out_channels) - 1)
+    return self.model.config.size_multiple
 
   @property
   def sampler_traces(self) -> int:

@@ -19,10 +19,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from vidjax.data.loader import Loader
+from vidjax.data.loader import Loader, check_image_buckets
 from vidjax.errors import ConfigError
 from vidjax.models import flops
-from vidjax.models.build import build_model
+from vidjax.models.build import build_model, size_multiple
 from vidjax.parallel import mesh as mesh_lib
 from vidjax.parallel import sharding as sharding_lib
 from vidjax.sampling import generate
@@ -55,6 +55,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
   mesh = mesh_lib.make_mesh(config.mesh.shape.to_dict(), devices)
   rules = tuple(config.mesh.rules)
+  check_data_fits_model(config)
   model = build_model(config)
   rng = jax.random.key(config.seed)
   abstract_params = jax.eval_shape(model.init, rng)
@@ -114,6 +115,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   loader.close()
   return {"step": step, "first_smoothed_loss": monitor.progress.first_smoothed,
           "last_smoothed_loss": monitor.progress.last_smoothed}
+
+
+def check_data_fits_model(config: ml_collections.ConfigDict) -> None:
+  """ConfigError when data.image_buckets holds sizes the model cannot take. Here, where the model meets
+  the data: the loader alone does not know the model's size multiple. `main.run` calls it before any stage."""
+  check_image_buckets(config.data.image_buckets, size_multiple(config))
 
 
 class _Monitor:

@@ -152,6 +152,7 @@ def run(config, workdir: str, *, on_log=None) -> int:
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "vidjax", "jax"))
 
+  loop.check_data_fits_model(config)  # before the data build and the VAE and CLIP stages
   start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   # The config is input only: each stage returns what it produced, and the next stages get a copy of
