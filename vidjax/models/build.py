@@ -10,8 +10,8 @@ from vidjax.conditioning.tokens import tokenize
 from vidjax.models.clip import CLIPTextConfig, CLIPVisionConfig
 from vidjax.models.unet import UNetConfig
 from vidjax.models.vae import VAEConfig
-from vidjax.models import video_model
 from vidjax.models.video_model import ModelConfig, VideoDiffusionModel
+from vidjax.models.video_model import size_multiple as _size_multiple
 
 
 def _tuples(d: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def build_model(config: ml_collections.ConfigDict, *, vae_scaling_factor: float 
 
 def size_multiple(config: ml_collections.ConfigDict) -> int:
   """`ModelConfig.size_multiple` of `config.model` without building the model (no tokenizer read)."""
-  return video_model.size_multiple(VAEConfig(**_tuples(config.model.vae)), UNetConfig(**_tuples(config.model.unet)))
+  return _size_multiple(VAEConfig(**_tuples(config.model.vae)), UNetConfig(**_tuples(config.model.unet)))
 
 
 def clip_configs(config: ml_collections.ConfigDict) -> tuple[CLIPTextConfig, CLIPVisionConfig]:
