@@ -10,6 +10,10 @@ same 2048 toy clips: captions -> the CLIP image embedding of a random frame. The
 figure on 200 toy scenes outside the training seeds, printed and in
 <workdir>/prior_stage/prior_eval.json: the mean cosine of the prior's samples with each scene's true
 image embedding (its middle frame's), against the mean cosine of the caption's text embedding with it.
+Measured (2026-12-03, 2 cores shared with another training job): 1500 steps in 1628 s with the
+held-out figure; mean cosine 0.917 for the prior's samples (guidance 1; 0.914 at 1.5, 0.909 at 2,
+-0.03 unconditional) against 0.887 for the text embeddings, on runs/toy_gen1's CLIP (caption -> frame
+retrieval 89.5 %); caption -> frame top-1 87.0 % with the samples as queries, 89.5 % with the text.
 Point it at another CLIP with --config.prior_stage.clip_from=<workdir>/clip_stage/checkpoints
 (towers of configs/toy_gen1.py's sizes); reuse runs/toy_gen1's clips with
 --config.data.data_dir=runs/toy_gen1/data --config.data.tokenizer_dir=runs/toy_gen1/tokenizer.
@@ -35,7 +39,9 @@ def prior_stage_config(**overrides) -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
   config = toy_gen1.get_config()
   config.clip_stage.num_steps = 0  # read from clip_from, not trained again
-  config.prior_stage = prior_stage_config(clip_from="runs/toy_gen1/clip_stage/checkpoints")
+  # 1500 steps fit in about half an hour of 2 shared cores; the EMA's half-life is about 70 steps of it.
+  config.prior_stage = prior_stage_config(num_steps=1500, lr=6e-4, ema_decay=0.99,
+                                          clip_from="runs/toy_gen1/clip_stage/checkpoints")
   config.train.num_steps = 0  # the prior stage only
   config.final_edit.enabled = False
   config.checkpoint.every_steps = 500

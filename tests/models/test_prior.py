@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vidjax.models.prior import CausalTransformer, DiffusionPrior, PriorConfig, embedding_space, prior_flops
+from vidjax.models.prior import (CausalTransformer, DiffusionPrior, PriorConfig, embedding_space, example_inputs,
+                                 prior_flops)
 
 CONFIG = PriorConfig(embed_dim=7, text_width=11, max_text_tokens=5, width=12, depth=2, heads=3, ff_mult=2)
 B = 3
@@ -109,9 +110,9 @@ def test_flops_count_matches_the_parameter_count():
   """Dense FLOPs are 2 per weight per position: at width >> the sequence, the transformer's count is
   2 x (its weights) x S per caption, and the model holds those weights."""
   config = PriorConfig(embed_dim=8, text_width=8, max_text_tokens=1, width=256, depth=3, heads=4, ff_mult=2)
-  params = jax.eval_shape(DiffusionPrior(config).init, jax.random.key(0), jnp.zeros((1, 8)), jnp.zeros((1,), jnp.int32),
-                          jnp.zeros((1, 1, 8)), jnp.zeros((1, 8)), jnp.ones((1, 1), bool), jnp.zeros((1,), bool))
-  blocks = sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params["params"]["transformer"]) if len(p.shape) == 2)
+  params = jax.eval_shape(lambda key: DiffusionPrior(config).init(key, **example_inputs(config)), jax.random.key(0))
+  kernels = [p for p in jax.tree_util.tree_leaves(params["params"]["transformer"]) if len(p.shape) == 2]
+  blocks = sum(np.prod(p.shape) for p in kernels)
   assert blocks == config.depth * (4 + 3 * config.ff_mult) * 256 ** 2
   flops = prior_flops(config, batch=2)
   attention = 2 * config.depth * 4 * config.sequence_length ** 2 * 256

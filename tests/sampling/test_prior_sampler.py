@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vidjax.models.prior import DiffusionPrior, PriorConfig, embedding_space
+from vidjax.models.prior import DiffusionPrior, PriorConfig, embedding_space, example_inputs
 from vidjax.parallel.sharding import unbox
 from vidjax.sampling.prior import PriorSampler, PriorSamplingConfig
 
@@ -17,16 +17,14 @@ B = 3
 
 def _text(seed: int):
   keys = jax.random.split(jax.random.key(seed), 2)
-  return (jax.random.normal(keys[0], (B, CONFIG.max_text_tokens, CONFIG.text_width)),
-          embedding_space(jax.random.normal(keys[1], (B, CONFIG.embed_dim))), jnp.ones((B, CONFIG.max_text_tokens), bool))
+  hidden = jax.random.normal(keys[0], (B, CONFIG.max_text_tokens, CONFIG.text_width))
+  return hidden, embedding_space(jax.random.normal(keys[1], (B, CONFIG.embed_dim))), jnp.ones(hidden.shape[:2], bool)
 
 
 @pytest.fixture(scope="module")
 def setup():
   prior = DiffusionPrior(CONFIG)
-  hidden, embeds, mask = _text(0)
-  noisy, timesteps, drop = jnp.zeros((B, CONFIG.embed_dim)), jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool)
-  params = unbox(prior.init(jax.random.key(1), noisy, timesteps, hidden, embeds, mask, drop)["params"])
+  params = unbox(prior.init(jax.random.key(1), **example_inputs(CONFIG, B))["params"])
   return PriorSampler(prior, PriorSamplingConfig(num_inference_steps=8)), params
 
 
@@ -46,5 +44,6 @@ def test_samples_are_unit_norm_seeded_and_guidance_zero_ignores_the_text(setup):
   assert not np.allclose(first, sampler(params, *_text(0), jax.random.key(4), guidance_scale=2.0))
   assert not np.allclose(first, sampler(params, *_text(9), jax.random.key(3), guidance_scale=2.0))
   unconditional = sampler(params, *_text(0), jax.random.key(3), guidance_scale=0.0)
-  np.testing.assert_allclose(unconditional, sampler(params, *_text(9), jax.random.key(3), guidance_scale=0.0), atol=1e-5)
+  other_text = sampler(params, *_text(9), jax.random.key(3), guidance_scale=0.0)
+  np.testing.assert_allclose(unconditional, other_text, atol=1e-5)
   assert sampler._sample._cache_size() == 1  # a new scale or text is traced, not recompiled

@@ -16,7 +16,7 @@ from configs import prior_toy
 from vidjax import tree
 from vidjax.data.loader import Loader
 from vidjax.errors import ConfigError
-from vidjax.models.prior import DiffusionPrior, prior_flops
+from vidjax.models.prior import DiffusionPrior, example_inputs, prior_flops
 from vidjax.train import clip_stage, main, prior_stage
 from vidjax.train.checkpoint import load_params
 
@@ -72,8 +72,8 @@ def runs(loop_base, tmp_path_factory):
       prior_stage.train_prior(config, crashed)
   at_crash = load_params(f"{crashed}/prior_stage/checkpoints")
   directory = prior_stage.train_prior(config, crashed)
-  return {"config": config, "clip": load_params(clip_dir), "straight": load_params(f"{straight}/prior_stage/checkpoints"),
-          "at_crash": at_crash, "resumed": load_params(directory), "workdir": crashed,
+  return {"config": config, "clip": load_params(clip_dir), "at_crash": at_crash, "workdir": crashed,
+          "straight": load_params(f"{straight}/prior_stage/checkpoints"), "resumed": load_params(directory),
           "ema": load_params(directory, use_ema=True)}
 
 
@@ -83,9 +83,10 @@ def test_a_relaunched_stage_resumes_from_its_checkpoint_and_ends_bit_equal(runs)
   assert straight.keys() == resumed.keys()
   for path, value in straight.items():
     np.testing.assert_array_equal(resumed[path], value, err_msg="/".join(path))
-  assert not np.array_equal(runs["at_crash"]["prior"]["out_proj"]["kernel"], runs["resumed"]["prior"]["out_proj"]["kernel"])
+  kernel = lambda params: params["prior"]["out_proj"]["kernel"]
+  assert not np.array_equal(kernel(runs["at_crash"]), kernel(runs["resumed"]))
   # The EMA is saved beside the params and differs from them.
-  assert not np.array_equal(runs["ema"]["prior"]["out_proj"]["kernel"], runs["resumed"]["prior"]["out_proj"]["kernel"])
+  assert not np.array_equal(kernel(runs["ema"]), kernel(runs["resumed"]))
 
 
 def test_the_x0_loss_falls(runs):
@@ -149,9 +150,7 @@ def test_the_full_size_config_is_dalle2s_1b_prior_at_the_cost_its_docstring_stat
   config = prior_full.get_config()
   prior = prior_stage.prior_config(config)
   assert (prior.embed_dim, prior.text_width, prior.max_text_tokens) == (768, 768, 77)
-  b = 1
-  params = jax.eval_shape(DiffusionPrior(prior).init, jax.random.key(0), jnp.zeros((b, 768)), jnp.zeros((b,), jnp.int32),
-                          jnp.zeros((b, 77, 768)), jnp.zeros((b, 768)), jnp.ones((b, 77), bool), jnp.zeros((b,), bool))
+  params = jax.eval_shape(lambda key: DiffusionPrior(prior).init(key, **example_inputs(prior)), jax.random.key(0))
   count = sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params))
   flops = prior_flops(prior, config.prior_stage.batch_size)
   stated = f"{count / 1e9:.2f} B params", f"{flops['train_step'] / 1e15:.1f} PFLOP per training step"

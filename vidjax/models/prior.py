@@ -83,6 +83,14 @@ def embedding_space(embeds: jax.Array) -> jax.Array:
   return embeds * (math.sqrt(embeds.shape[-1]) / jnp.linalg.norm(embeds, axis=-1, keepdims=True))
 
 
+def example_inputs(config: PriorConfig, batch: int = 1) -> dict[str, jax.Array]:
+  """Zero inputs of `DiffusionPrior.__call__`'s shapes (for `init` and `jax.eval_shape`), by keyword."""
+  d, length = config.embed_dim, config.max_text_tokens
+  return dict(noisy_embeds=jnp.zeros((batch, d)), timesteps=jnp.zeros((batch,), jnp.int32),
+              text_hidden=jnp.zeros((batch, length, config.text_width)), text_embeds=jnp.zeros((batch, d)),
+              text_mask=jnp.ones((batch, length), bool), drop_text=jnp.zeros((batch,), bool))
+
+
 def text_token_mask(input_ids: jax.Array, end_positions: jax.Array) -> jax.Array:
   """(B, L) bool: the tokens up to and including each caption's end token (B,); the padding after it is hidden."""
   return jnp.arange(input_ids.shape[-1])[None, :] <= end_positions[:, None]
@@ -146,7 +154,7 @@ class DiffusionPrior(nn.Module):
     null_embeds = self.param("null_text_embeds", layers.partitioned(nn.initializers.normal(1.0), ("embed",)),
                              (c.embed_dim,), self.param_dtype)
     text_embeds = jnp.where(drop[:, None], null_embeds[None, :], text_embeds)
-    # Dropped text is hidden, not replaced: the null branch then sees no token at all.
+    # The dropped text embedding is replaced by the null one; its tokens are hidden: the null branch sees none.
     token_mask = text_mask.astype(bool) & ~drop[:, None]
 
     tokens = layers.dense(c.width, names=("mlp", "embed"), name="text_proj", **kw)(text_hidden)

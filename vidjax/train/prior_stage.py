@@ -31,7 +31,7 @@ from vidjax.data.loader import Loader
 from vidjax.errors import ConfigError, atomic_path
 from vidjax.eval.metrics import retrieval_top1
 from vidjax.models.clip import end_token_positions, preprocess_images
-from vidjax.models.prior import DiffusionPrior, PriorConfig, embedding_space, text_token_mask
+from vidjax.models.prior import DiffusionPrior, PriorConfig, embedding_space, example_inputs, text_token_mask
 from vidjax.parallel.sharding import unbox
 from vidjax.sampling.prior import PriorSampler, PriorSamplingConfig
 from vidjax.train import state as state_lib
@@ -45,8 +45,8 @@ def prior_config(config: ml_collections.ConfigDict) -> PriorConfig:
   towers = Towers(config)
   text_dim, image_dim = towers.text_config.projection_dim, towers.image_config.projection_dim
   if text_dim != image_dim:
-    raise ConfigError("clip_stage.text_encoder.projection_dim", f"{text_dim} differs from the image tower's {image_dim}",
-                      "a CLIP's towers project to one embedding width")
+    raise ConfigError("clip_stage.text_encoder.projection_dim", f"{text_dim} differs from the image tower's "
+                      f"{image_dim}", "a CLIP's towers project to one embedding width")
   return PriorConfig(embed_dim=image_dim, text_width=towers.text_config.hidden_size,
                      max_text_tokens=config.data.max_caption_tokens, **config.prior_stage.prior.to_dict())
 
@@ -69,26 +69,25 @@ class PriorTraining:
     self.schedule = self.prior.config.schedule()
 
   def init(self, rng: jax.Array) -> dict[str, Any]:
-    c = self.prior.config
-    b, d = 1, c.embed_dim
-    params = self.prior.init(rng, jnp.zeros((b, d)), jnp.zeros((b,), jnp.int32), jnp.zeros((b, c.max_text_tokens, c.text_width)),
-                             jnp.zeros((b, d)), jnp.ones((b, c.max_text_tokens), bool), jnp.zeros((b,), bool))
-    return {"prior": params["params"]}
+    return {"prior": self.prior.init(rng, **example_inputs(self.prior.config))["params"]}
 
   def encode_text(self, clip_params: Mapping[str, Any], tokens: jax.Array) -> dict[str, jax.Array]:
-    """(B, L) token ids -> the prior's text conditioning: hidden (B, L, W), embeds (B, D) in `embedding_space`, mask (B, L)."""
+    """(B, L) token ids -> the prior's text conditioning: hidden (B, L, W), embeds (B, D) in
+    `embedding_space`, mask (B, L)."""
     out = self.towers.text.apply({"params": clip_params["text_encoder"]}, tokens)
     ends = end_token_positions(tokens, self.towers.text_config.eos_token_id)
     return {"hidden": out["last_hidden_state"], "embeds": embedding_space(out["text_embeds"]),
             "mask": text_token_mask(tokens, ends)}
 
   def loss(self, params: Mapping[str, Any], text: Mapping[str, jax.Array], image_embeds: jax.Array, rng: jax.Array):
-    """x0 MSE of the prior on clean image embeddings (B, D) (`embedding_space`), text dropped at the configured rate."""
+    """x0 MSE of the prior on clean image embeddings (B, D) in `embedding_space`, the text dropped at the
+    configured rate; metrics add the fraction dropped."""
     drop_rng, diffusion_rng = jax.random.split(rng)
     drop = jax.random.bernoulli(drop_rng, self.prior.config.text_drop_prob, image_embeds.shape[:1])
     predict = lambda z, t: self.prior.apply({"params": params["prior"]}, z, t, text["hidden"], text["embeds"],
                                             text["mask"], drop)
-    loss, metrics = diffusion.diffusion_loss(predict, image_embeds, diffusion_rng, self.schedule, prediction_type="sample")
+    loss, metrics = diffusion.diffusion_loss(predict, image_embeds, diffusion_rng, self.schedule,
+                                             prediction_type="sample")
     return loss, {**metrics, "text_dropped": jnp.mean(drop.astype(jnp.float32))}
 
   def batch_loss(self, params, clip_params, tokens, frames, rng):
