@@ -22,13 +22,14 @@ def oracle(x0, prediction_type, offsets=0.0, seen_t=None):
       seen_t.append(np.asarray(t))
     a = diffusion.alpha_bar(SCHEDULE, t, z_t.ndim)
     noise = (z_t - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
-    target = noise if prediction_type == "epsilon" else diffusion.v_target(SCHEDULE, x0, noise, t)
+    target = {"epsilon": noise, "sample": x0}.get(prediction_type)
+    target = diffusion.v_target(SCHEDULE, x0, noise, t) if target is None else target
     return target + jnp.reshape(jnp.asarray(offsets, jnp.float32), (-1,) + (1,) * (x0.ndim - 1))
 
   return predict_fn
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_exact_target_gives_zero_and_offset_gives_its_square(prediction_type):
   (x0,) = random_arrays(0, X0_SHAPE)
   rng = jax.random.key(0)
@@ -42,12 +43,12 @@ def test_exact_target_gives_zero_and_offset_gives_its_square(prediction_type):
   assert 0 <= float(metrics["t_mean"]) < 1000
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_min_snr_weight_closed_form(prediction_type):
   t = jnp.arange(0, 1000, 37)
   a = np.asarray(SCHEDULE.alphas_cumprod, np.float64)[np.asarray(t)]
   snr = a / (1 - a)
-  expected = np.minimum(snr, 5.0) / (snr if prediction_type == "epsilon" else snr + 1)
+  expected = np.minimum(snr, 5.0) / {"epsilon": snr, "v_prediction": snr + 1, "sample": 1.0}[prediction_type]
   weights = diffusion.min_snr_weight(SCHEDULE, t, 5.0, prediction_type)
   np.testing.assert_allclose(weights, expected, rtol=1e-4)
 

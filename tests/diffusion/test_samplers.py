@@ -185,7 +185,7 @@ def test_eta_noise_from_rng_is_the_documented_per_step_stream():
     "overrides, argument",
     [({"eta": 0.5}, "rng"), ({"strength": 0.5}, "init_latents"), ({"eta": -1.0}, "eta"),
      ({"keep_mask": np.ones(LATENT_SHAPE[:-1] + (1,), np.float32)}, "keep_mask"),
-     ({"prediction_type": "sample"}, "prediction_type"), ({"num_inference_steps": 1001}, "num_inference_steps"),
+     ({"prediction_type": "x0"}, "prediction_type"), ({"num_inference_steps": 1001}, "num_inference_steps"),
      ({"spacing": "uniform"}, "spacing"), ({"eta": 0.5, "variance_noise": np.zeros((4,) + LATENT_SHAPE)},
                                            "variance_noise")],
 )

@@ -45,13 +45,13 @@ def test_q_sample_and_velocity_equal_diffusers_on_videos():
   np.testing.assert_allclose(diffusion.v_target(schedule, x0, noise, t), expected_v.numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_predictions_recover_x0_and_noise(prediction_type):
   schedule = diffusion.make_schedule()
   x0, noise = random_arrays(1, (3, 2, 5, 4), (3, 2, 5, 4))
   t = jnp.array([3, 400, 990])
   z_t = diffusion.q_sample(schedule, x0, noise, t)
-  output = noise if prediction_type == "epsilon" else diffusion.v_target(schedule, x0, noise, t)
+  output = {"epsilon": noise, "sample": x0, "v_prediction": diffusion.v_target(schedule, x0, noise, t)}[prediction_type]
   np.testing.assert_allclose(diffusion.predict_x0(schedule, z_t, output, t, prediction_type), x0, atol=2e-4)
   np.testing.assert_allclose(diffusion.predict_eps(schedule, z_t, output, t, prediction_type), noise, atol=2e-4)
 
@@ -80,4 +80,4 @@ def test_bad_kind_and_prediction_type_name_the_argument():
   with pytest.raises(InputError, match="kind"):
     diffusion.make_schedule("cosine_typo")
   with pytest.raises(InputError, match="prediction_type"):
-    schedules.validate_prediction_type("sample")
+    schedules.validate_prediction_type("x0")

@@ -18,13 +18,15 @@ def min_snr_weight(
 ) -> jax.Array:
   """Min-SNR-gamma loss weights (Hang et al. 2023) for timesteps t (N,) -> (N,).
 
-  The x0-space weight min(SNR, gamma) becomes min(SNR, gamma) / SNR on an eps target and
+  The x0-space weight min(SNR, gamma) (what an x0 'sample' target takes) becomes min(SNR, gamma) / SNR on an eps target and
   min(SNR, gamma) / (SNR + 1) on a v target, because ||eps err||^2 = SNR ||x0 err||^2 and
   ||v err||^2 = (SNR + 1) ||x0 err||^2. The eps form is written min(1, gamma / SNR) so that a
   zero-terminal-SNR step gets weight 1 instead of 0 / 0.
   """
   schedules.validate_prediction_type(prediction_type)
   signal_to_noise = schedules.snr(schedule, t)
+  if prediction_type == "sample":
+    return jnp.minimum(signal_to_noise, gamma)
   if prediction_type == "epsilon":
     return jnp.minimum(1.0, gamma / signal_to_noise)
   return jnp.minimum(signal_to_noise, gamma) / (signal_to_noise + 1.0)
@@ -41,7 +43,7 @@ def diffusion_loss(
     sample_weights: jax.Array | None = None,
     element_weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Noises x0 at uniform random timesteps and regresses the model onto the eps or v target.
+  """Noises x0 at uniform random timesteps and regresses the model onto the eps, v or x0 target.
 
   Args:
     predict_fn: (z_t (N, ...), t (N,) int32) -> prediction of z_t's shape; closes over params and
@@ -49,7 +51,7 @@ def diffusion_loss(
     x0: (N, ...) clean latents, any trailing shape (images or videos).
     rng: PRNG key for timesteps and noise.
     schedule: the training noise schedule.
-    prediction_type: "epsilon" or "v_prediction" (what predict_fn predicts).
+    prediction_type: "epsilon", "v_prediction" or "sample" (x0; what predict_fn predicts).
     min_snr_gamma: gamma of min-SNR weighting; None trains with uniform weights.
     sample_weights: (N,) non-negative weights, e.g. 0 for padded examples; None weighs all equally.
     element_weights: positive weights broadcastable to x0 (e.g. (N, T, h, w, 1) to favour object
@@ -68,7 +70,8 @@ def diffusion_loss(
   t = jax.random.randint(t_rng, (num_samples,), 0, schedule.num_train_timesteps, jnp.int32)
   x0 = x0.astype(jnp.float32)
   noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)
-  target = noise if prediction_type == "epsilon" else schedules.v_target(schedule, x0, noise, t)
+  target = {"epsilon": noise, "sample": x0}.get(prediction_type)
+  target = schedules.v_target(schedule, x0, noise, t) if target is None else target
   prediction = predict_fn(schedules.q_sample(schedule, x0, noise, t), t).astype(jnp.float32)
   squared_error = jnp.square(prediction - target)
   element_axes = tuple(range(1, x0.ndim))

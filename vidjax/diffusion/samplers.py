@@ -89,7 +89,7 @@ def ddim_sample(
     noise: (N, ...) standard normal; the start latents, or the SDEdit noise with init_latents.
     schedule: the training noise schedule.
     num_inference_steps: static number of DDIM steps.
-    prediction_type: static, "epsilon" or "v_prediction" (what denoise_fn predicts).
+    prediction_type: static, "epsilon", "v_prediction" or "sample" (x0; what denoise_fn predicts).
     eta: 0 is deterministic DDIM, 1 is DDPM-like; may be traced, then rng or variance_noise is needed.
     spacing: static timestep spacing, see ddim_timesteps.
     steps_offset: static offset of "leading" timesteps (1 in the SD-2 configs).

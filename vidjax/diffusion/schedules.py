@@ -3,7 +3,8 @@
 Notation: `alpha_bar` is diffusers' `alphas_cumprod` (the paper's alpha-bar_t); the forward process is
   z_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * eps,
 and the v-parameterisation (Salimans & Ho 2022, used by Gen-1) predicts
-  v = sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x0.
+  v = sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x0;
+"sample" (diffusers' name) predicts x0 itself, as DALL-E 2's prior does (`vidjax.models.prior`).
 
 Every function takes per-sample timesteps `t` of shape (N,) (or a scalar) and broadcasts the
 coefficients over any trailing shape, so the same code serves images (N, h, w, C) and videos
@@ -21,7 +22,7 @@ import numpy as np
 
 from vidjax.errors import InputError
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
 
 
@@ -146,6 +147,8 @@ def predict_x0(
   a = alpha_bar(schedule, t, z_t.ndim)
   if prediction_type == "epsilon":
     return (z_t - jnp.sqrt(1.0 - a) * model_output) / jnp.sqrt(a)
+  if prediction_type == "sample":
+    return model_output
   return jnp.sqrt(a) * z_t - jnp.sqrt(1.0 - a) * model_output
 
 
@@ -157,4 +160,6 @@ def predict_eps(
   if prediction_type == "epsilon":
     return model_output
   a = alpha_bar(schedule, t, z_t.ndim)
+  if prediction_type == "sample":  # 1 - alpha_bar >= beta_0 > 0: finite at every timestep
+    return (z_t - jnp.sqrt(a) * model_output) / jnp.sqrt(1.0 - a)
   return jnp.sqrt(a) * model_output + jnp.sqrt(1.0 - a) * z_t

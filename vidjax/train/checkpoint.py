@@ -286,8 +286,10 @@ def load_params(path: str | os.PathLike, abstract_params: Mapping[str, Any] | No
     saved_ema = checkpointer._saved_tree(step).get("ema_params", {}) if use_ema else {}
     wanted = tree.flatten(abstract_params)
     ema = {path: wanted.pop(path) for path in tree.flatten(saved_ema) if path in wanted}
-    target = {"params": tree.unflatten(wanted)}
+    # Every param has an EMA where all of them train: then params are not read at all (an empty
+    # subtree is no restore target).
+    target = {"params": tree.unflatten(wanted)} if wanted else {}
     if ema:
       target["ema_params"] = tree.unflatten(ema)
     restored = checkpointer._restore_state(step, target, partial=True)
-  return tree.unflatten({**tree.flatten(restored["params"]), **tree.flatten(restored.get("ema_params", {}))})
+  return tree.unflatten({**tree.flatten(restored.get("params", {})), **tree.flatten(restored.get("ema_params", {}))})

@@ -68,12 +68,17 @@ class Towers:
     """(N, S, S, 3) CLIP pixels -> unit-norm (N, D) image embeddings."""
     return _unit(self.image.apply({"params": params["image_encoder"]}, pixels)["image_embeds"])
 
-  def loss(self, params: Mapping[str, Any], tokens: jax.Array, frames: jax.Array, rng: jax.Array):
-    """tokens (N, L), frames (N, T, H, W, 3) in [-1, 1] (one random frame each is embedded) -> (loss, metrics)."""
+  def embed_random_frames(self, params: Mapping[str, Any], frames: jax.Array, rng: jax.Array) -> jax.Array:
+    """(N, T, H, W, 3) clips in [-1, 1] -> unit-norm (N, D) embeddings of one random frame of each."""
     n, t = frames.shape[:2]
     picked = frames[jnp.arange(n), jax.random.randint(rng, (n,), 0, t)]
     levels = jnp.clip(jnp.round((picked + 1.0) * 127.5), 0.0, 255.0)
-    image = self.embed_pixels(params, preprocess_levels(levels, self.image_config.image_size))
+    return self.embed_pixels(params, preprocess_levels(levels, self.image_config.image_size))
+
+  def loss(self, params: Mapping[str, Any], tokens: jax.Array, frames: jax.Array, rng: jax.Array):
+    """tokens (N, L), frames (N, T, H, W, 3) in [-1, 1] (one random frame each is embedded) -> (loss, metrics)."""
+    n = frames.shape[0]
+    image = self.embed_random_frames(params, frames, rng)
     text = self.embed_text(params, tokens)
     scale = jnp.exp(jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE))
     logits = scale * image @ text.T  # (N images, N captions)
