@@ -32,7 +32,7 @@ def test_training_and_the_pipeline_give_one_clip_embedding_for_one_frame(pipe):
   image = rng.integers(0, 256, (48, 32, 3), dtype=np.uint8)
   image[:8] = 255  # a band that the centre crop removes and a squash keeps
   settings = pipe.check_settings(depth=np.zeros((4, 32, 32), np.float32), image=image)
-  context, _ = pipe._encode_content(settings, image)  # (1, 1, D), what the pipeline's UNet attends to
+  context, _ = pipe._encode_content(settings, [image])  # (1, 1, D), what the pipeline's UNet attends to
   # The training path: the loader's frames in [-1, 1], a clip of one frame repeated (any frame is picked).
   frames = np.repeat((image.astype(np.float32) / 127.5 - 1.0)[None, None], 3, axis=1)
   trained = pipe.model.embed_frames(pipe.params, frames, jax.random.key(0))  # (1, D)

@@ -19,7 +19,7 @@ from vidjax.convert import common
 from vidjax.train.checkpoint import load_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STEPS = 10
+STEPS = 6  # saves at 2, 4 and 6: a kill while saving 4 or 6 leaves an earlier finished one
 
 
 def _command(workdir, loop_base, *extra):

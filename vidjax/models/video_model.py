@@ -32,7 +32,7 @@ from vidjax import diffusion
 from vidjax.conditioning.structure import normalize_depth, structure_fidelity_channels
 from vidjax.errors import ConfigError, InputError
 from vidjax.models.clip import (CLIPTextConfig, CLIPTextTransformer, CLIPVisionConfig, CLIPVisionTransformer,
-                               preprocess_levels)
+                               random_frame_pixels)
 from vidjax.models.depth import normalize_depth_for_unet
 from vidjax.models.unet import UNetConfig, VideoUNet, init_inputs
 from vidjax.models.vae import AutoencoderKL, VAEConfig, decode_video, encode_video
@@ -140,10 +140,7 @@ class VideoDiffusionModel:
     The frame goes through the one CLIP preprocessing (`clip.preprocess_levels`: short side, centre
     crop), as the edit pipeline's content image does, at the grey levels the loader's frames came from.
     """
-    b, t = frames.shape[:2]
-    picked = frames[jnp.arange(b), jax.random.randint(rng, (b,), 0, t)]
-    levels = jnp.clip(jnp.round((picked + 1.0) * 127.5), 0.0, 255.0)
-    pixels = preprocess_levels(levels, self.config.image_encoder.image_size)
+    pixels = random_frame_pixels(frames, rng, self.config.image_encoder.image_size)
     return self.image_encoder.apply({"params": params["image_encoder"]}, pixels)["image_embeds"]
 
   def null_content(self, params: Mapping[str, Any], batch: int) -> jax.Array:

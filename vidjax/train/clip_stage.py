@@ -5,13 +5,13 @@ is a frozen CLIP image embedding, so a toy Gen-1 model needs a toy CLIP first. T
 CLIP's (Radford et al. 2021): for a batch of N (caption, frame) pairs, the symmetric cross-entropy
 of the N x N cosine similarities scaled by a learned temperature exp(logit_scale) (initialised at
 1 / 0.07, clipped at 100, as CLIP). The frame is one random frame of each clip, through the one CLIP
-preprocessing (`clip.preprocess_levels`), as `VideoDiffusionModel.embed_frames` picks it in the
+preprocessing (`clip.random_frame_pixels`), as `VideoDiffusionModel.embed_frames` picks it in the
 main stage, so the vision tower is trained on exactly what it will embed.
 
 The towers' configs are `clip_stage.text_encoder` (with a `projection_dim`) and `model.image_encoder`
 (the main stage's frozen content encoder); params land in `<workdir>/clip_stage/checkpoints`
 ({'text_encoder', 'image_encoder', 'logit_scale'}), which the main stage reads through `init_from`
-(a component the model lacks is ignored). The stage resumes like the main stage.
+(a component the model lacks is ignored). The stage resumes like the main stage (`pair_stage`).
 """
 
 from __future__ import annotations
@@ -28,15 +28,12 @@ import numpy as np
 
 from vidjax import toyworld
 from vidjax.conditioning.tokens import tokenize
-from vidjax.data.loader import Loader
 from vidjax.errors import atomic_path
 from vidjax.eval.metrics import retrieval_top1
 from vidjax.models.build import clip_configs
-from vidjax.models.clip import CLIPTextTransformer, CLIPVisionTransformer, preprocess_images, preprocess_levels
-from vidjax.parallel.sharding import unbox
-from vidjax.train import state as state_lib
-from vidjax.train.checkpoint import Checkpointer, load_params
-from vidjax.train.logging import ProgressLine
+from vidjax.models.clip import CLIPTextTransformer, CLIPVisionTransformer, preprocess_images, random_frame_pixels
+from vidjax.train import pair_stage
+from vidjax.train.checkpoint import load_params
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the temperature at 100
 # Held-out scenes for the retrieval figure: outside the training seeds (0..2047) and the recolouring
@@ -70,10 +67,7 @@ class Towers:
 
   def embed_random_frames(self, params: Mapping[str, Any], frames: jax.Array, rng: jax.Array) -> jax.Array:
     """(N, T, H, W, 3) clips in [-1, 1] -> unit-norm (N, D) embeddings of one random frame of each."""
-    n, t = frames.shape[:2]
-    picked = frames[jnp.arange(n), jax.random.randint(rng, (n,), 0, t)]
-    levels = jnp.clip(jnp.round((picked + 1.0) * 127.5), 0.0, 255.0)
-    return self.embed_pixels(params, preprocess_levels(levels, self.image_config.image_size))
+    return self.embed_pixels(params, random_frame_pixels(frames, rng, self.image_config.image_size))
 
   def loss(self, params: Mapping[str, Any], tokens: jax.Array, frames: jax.Array, rng: jax.Array):
     """tokens (N, L), frames (N, T, H, W, 3) in [-1, 1] (one random frame each is embedded) -> (loss, metrics)."""
@@ -95,46 +89,11 @@ def _unit(x: jax.Array) -> jax.Array:
 
 def train_clip(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Trains both towers for config.clip_stage.num_steps on config.data's clips; returns its checkpoint dir."""
-  stage = config.clip_stage
-  directory = os.path.join(workdir, "clip_stage", "checkpoints")
   towers = Towers(config)
-  data = config.data.copy_and_resolve_references()
-  data.image_fraction, data.use_latents, data.batch_size = 0.0, False, stage.batch_size
-  train = ml_collections.ConfigDict(dict(config.train.to_dict(), lr=stage.lr, warmup_steps=stage.warmup_steps,
-                                         num_steps=stage.num_steps, lr_schedule="cosine", grad_accum_steps=1,
-                                         weight_decay=stage.weight_decay))
-  labels = state_lib.trainable_labels(jax.eval_shape(towers.init, jax.random.key(0)), (".*",))
-  tx = state_lib.make_optimizer(train, labels)
-
-  @jax.jit
-  def step_fn(state, tokens, frames):
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    (_, metrics), grads = jax.value_and_grad(towers.loss, has_aux=True)(state.params, tokens, frames, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
-    # No averaging: the stage's "EMA" is the params themselves (what init_from and export read).
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=params), metrics
-
-  checkpointer = Checkpointer(directory, keep=1, async_save=False)
-  loader = Loader(data)
-  create = lambda key: state_lib.create_state(towers.init, tx, labels, key)
-  if checkpointer.latest_step() is not None:
-    state, data_state, _ = checkpointer.restore(jax.eval_shape(lambda key: unbox(create(key)), jax.random.key(0)))
-    loader.set_state(data_state)
-  else:
-    state = jax.jit(lambda key: unbox(create(key)))(jax.random.key(config.seed + 3))
-  print(f"CLIP stage: {stage.num_steps} steps, {stage.batch_size} (caption, frame) pairs per step")
-  progress = ProgressLine(stage.num_steps, clips_per_step=stage.batch_size, frames_per_clip=1,
-                          every=config.log.every_steps, start_step=int(state.step), desc="CLIP stage")
-  while int(state.step) < stage.num_steps:
-    batch = next(loader)
-    state, metrics = step_fn(state, batch["tokens"], batch["frames"])
-    progress.update(int(state.step), {k: float(v) for k, v in metrics.items()})
-    if int(state.step) % config.checkpoint.every_steps == 0 or int(state.step) == stage.num_steps:
-      checkpointer.save(int(state.step), state, data_state=loader.get_state(), config=config.to_dict())
-  checkpointer.close()
-  loader.close()
-  return directory
+  return pair_stage.train_pairs(
+      config, config.clip_stage, os.path.join(workdir, "clip_stage", "checkpoints"), init=towers.init,
+      loss=lambda params, _, tokens, frames, rng: towers.loss(params, tokens, frames, rng), seed=config.seed + 3,
+      desc="CLIP stage")
 
 
 def toy_retrieval(config: ml_collections.ConfigDict, directory: str, num_scenes: int) -> dict[str, Any]:

@@ -27,17 +27,14 @@ import numpy as np
 
 from vidjax import diffusion, toyworld
 from vidjax.conditioning.tokens import tokenize
-from vidjax.data.loader import Loader
 from vidjax.errors import ConfigError, atomic_path
 from vidjax.eval.metrics import retrieval_top1
 from vidjax.models.clip import end_token_positions, preprocess_images
 from vidjax.models.prior import DiffusionPrior, PriorConfig, embedding_space, example_inputs, text_token_mask
-from vidjax.parallel.sharding import unbox
 from vidjax.sampling.prior import PriorSampler, PriorSamplingConfig
-from vidjax.train import state as state_lib
-from vidjax.train.checkpoint import Checkpointer, load_params
+from vidjax.train import pair_stage
+from vidjax.train.checkpoint import load_params
 from vidjax.train.clip_stage import RETRIEVAL_FIRST_SEED, Towers
-from vidjax.train.logging import ProgressLine
 
 
 def prior_config(config: ml_collections.ConfigDict) -> PriorConfig:
@@ -100,48 +97,12 @@ class PriorTraining:
 def train_prior(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Trains the prior for config.prior_stage.num_steps on config.data's clips; returns its checkpoint dir."""
   stage = config.prior_stage
-  directory = os.path.join(workdir, "prior_stage", "checkpoints")
   training = PriorTraining(config)
-  clip_params = load_params(clip_directory(config, workdir))
-  data = config.data.copy_and_resolve_references()
-  data.image_fraction, data.use_latents, data.batch_size = 0.0, False, stage.batch_size
-  train = ml_collections.ConfigDict(dict(config.train.to_dict(), lr=stage.lr, warmup_steps=stage.warmup_steps,
-                                         num_steps=stage.num_steps, lr_schedule="cosine", grad_accum_steps=1,
-                                         weight_decay=stage.weight_decay))
-  labels = state_lib.trainable_labels(jax.eval_shape(training.init, jax.random.key(0)), (".*",))
-  tx = state_lib.make_optimizer(train, labels)
-
-  @jax.jit
-  def step_fn(state, clip_params, tokens, frames):
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    (_, metrics), grads = jax.value_and_grad(training.batch_loss, has_aux=True)(state.params, clip_params, tokens,
-                                                                                  frames, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
-    # DALL-E 2 samples its prior from an EMA of the weights (decay 0.9999 over 600K steps).
-    ema = state_lib.update_ema(state.ema_params, params, stage.ema_decay)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), metrics
-
-  checkpointer = Checkpointer(directory, keep=1, async_save=False)
-  loader = Loader(data)
-  create = lambda key: state_lib.create_state(training.init, tx, labels, key)
-  if checkpointer.latest_step() is not None:
-    state, data_state, _ = checkpointer.restore(jax.eval_shape(lambda key: unbox(create(key)), jax.random.key(0)))
-    loader.set_state(data_state)
-  else:
-    state = jax.jit(lambda key: unbox(create(key)))(jax.random.key(config.seed + 4))
-  print(f"Prior stage: {stage.num_steps} steps, {stage.batch_size} (caption, frame) pairs per step")
-  progress = ProgressLine(stage.num_steps, clips_per_step=stage.batch_size, frames_per_clip=1,
-                          every=config.log.every_steps, start_step=int(state.step), desc="Prior stage")
-  while int(state.step) < stage.num_steps:
-    batch = next(loader)
-    state, metrics = step_fn(state, clip_params, batch["tokens"], batch["frames"])
-    progress.update(int(state.step), {k: float(v) for k, v in metrics.items()})
-    if int(state.step) % config.checkpoint.every_steps == 0 or int(state.step) == stage.num_steps:
-      checkpointer.save(int(state.step), state, data_state=loader.get_state(), config=config.to_dict())
-  checkpointer.close()
-  loader.close()
-  return directory
+  # DALL-E 2 samples its prior from an EMA of the weights (decay 0.9999 over 600K steps).
+  return pair_stage.train_pairs(
+      config, stage, os.path.join(workdir, "prior_stage", "checkpoints"), init=training.init,
+      loss=training.batch_loss, constants=load_params(clip_directory(config, workdir)), seed=config.seed + 4,
+      desc="Prior stage", ema_decay=stage.ema_decay)
 
 
 def toy_prior_eval(config: ml_collections.ConfigDict, directory: str, clip_dir: str, num_scenes: int) -> dict[str, Any]:
