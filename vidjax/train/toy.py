@@ -90,8 +90,9 @@ def final_edit(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Edits `final_edit.num_clips` held-out benchmark scenes (`vidjax.eval.toy_edit`, seeds from
   1,000,000: never trained on) with the EMA params: each scene's depth and a caption with new
-  colours, or for an image-content model (Gen-1) a picture of them (`toy_edit.reference_image`). Prints one row per scene and the summary (silhouette IoU, colour accuracy), writes the
-  report to `<workdir>/toy_edit.json` and the first scene as `<workdir>/edit.mp4` (input | depth | edit).
+  colours, or for an image-content model (Gen-1) a picture of them (`toy_edit.reference_image`).
+  Prints one row per scene and the summary (silhouette IoU, colour accuracy), writes the report to
+  `<workdir>/toy_edit.json` and the first scene as `<workdir>/edit.mp4` (input | depth | edit).
   """
   model = build_model(config)
   edit, build = config.final_edit, config.data.build
@@ -100,9 +101,10 @@ def final_edit(config: ml_collections.ConfigDict, workdir: str) -> dict:
   outputs = []
 
   def edit_case(case: toy_edit.EditCase) -> np.ndarray:
-    content = {"tokens": tokenize([case.target_caption], config.data.tokenizer_dir, config.data.max_caption_tokens)}
     if model.config.content == "image":  # Gen-1: the reference picture's CLIP embedding is the content
       content = {"image_embeds": generate.embed_images(model, params, [toy_edit.reference_image(case)])}
+    else:
+      content = {"tokens": tokenize([case.target_caption], config.data.tokenizer_dir, config.data.max_caption_tokens)}
     frames = generate.generate(model, params, case.source.disparity[None, ..., None], **content, seed=case.seed,
                                num_inference_steps=edit.num_inference_steps, guidance_scale=edit.guidance_scale,
                                temporal_guidance_scale=edit.temporal_guidance_scale)[0]
