@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import crashing
 import tiny_config
 from vidjax import tree
 from vidjax.data.loader import Loader
@@ -48,19 +49,7 @@ def runs(loop_base, tmp_path_factory):
   straight = str(tmp_path_factory.mktemp("straight"))
   clip_stage.train_clip(config, straight)
   crashed = str(tmp_path_factory.mktemp("crashed"))
-  calls = {"n": 0}
-  real_next = Loader.__next__
-
-  def crash_after_the_checkpoint(self):
-    calls["n"] += 1
-    if calls["n"] > CRASH_AT:
-      raise KeyboardInterrupt("killed")
-    return real_next(self)
-
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(Loader, "__next__", crash_after_the_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-      clip_stage.train_clip(config, crashed)
+  crashing.crash_after_batches(CRASH_AT, lambda: clip_stage.train_clip(config, crashed))
   at_crash = load_params(f"{crashed}/clip_stage/checkpoints")
   directory = clip_stage.train_clip(config, crashed)
   return {"config": config, "straight": load_params(f"{straight}/clip_stage/checkpoints"),

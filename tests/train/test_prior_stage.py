@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import crashing
 import tiny_config
 from configs import prior_toy
 from vidjax import tree
@@ -57,19 +58,7 @@ def runs(loop_base, tmp_path_factory):
   straight = str(tmp_path_factory.mktemp("straight"))
   prior_stage.train_prior(config, straight)
   crashed = str(tmp_path_factory.mktemp("crashed"))
-  calls = {"n": 0}
-  real_next = Loader.__next__
-
-  def crash_after_the_checkpoint(self):
-    calls["n"] += 1
-    if calls["n"] > CRASH_AT:
-      raise KeyboardInterrupt("killed")
-    return real_next(self)
-
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(Loader, "__next__", crash_after_the_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-      prior_stage.train_prior(config, crashed)
+  crashing.crash_after_batches(CRASH_AT, lambda: prior_stage.train_prior(config, crashed))
   at_crash = load_params(f"{crashed}/prior_stage/checkpoints")
   directory = prior_stage.train_prior(config, crashed)
   return {"config": config, "clip": load_params(clip_dir), "at_crash": at_crash, "workdir": crashed,
