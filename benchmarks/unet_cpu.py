@@ -50,6 +50,26 @@ def diffusers_config(channels: tuple[int, ...], latent: int, layers: int, contex
               use_linear_projection=True)
 
 
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+  """The benchmark's UNet config and input sizes (shared with unet_cpu_ops.py), and --repeats."""
+  parser.add_argument("--batch", type=int, default=2)
+  parser.add_argument("--latent", type=int, default=32, help="latent height = width")
+  parser.add_argument("--channels", default="64,128,256,256", help="block_out_channels, multiples of 64")
+  parser.add_argument("--layers", type=int, default=2, help="layers_per_block")
+  parser.add_argument("--context", type=int, default=77, help="context tokens")
+  parser.add_argument("--context-dim", type=int, default=256, help="cross_attention_dim")
+  parser.add_argument("--repeats", type=int, default=7)
+
+
+def unet_inputs(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
+  """Seeded image-mode inputs: latents (B, 1, S, S, 5), timesteps (B,), context (B, L, D), target (B, 1, S, S, 4)."""
+  rng = np.random.default_rng(0)
+  b, s = args.batch, args.latent
+  return (rng.standard_normal((b, 1, s, s, 5)).astype(np.float32), rng.integers(0, 1000, (b,)).astype(np.int32),
+          rng.standard_normal((b, args.context, args.context_dim)).astype(np.float32),
+          rng.standard_normal((b, 1, s, s, 4)).astype(np.float32))
+
+
 def xla_compute_threads() -> int:
   """Threads in XLA's CPU intra-op pool (call after a jitted computation has run).
 
@@ -85,13 +105,7 @@ def compile_timed(fn, *args):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--batch", type=int, default=2)
-  parser.add_argument("--latent", type=int, default=32, help="latent height = width")
-  parser.add_argument("--channels", default="64,128,256,256", help="block_out_channels, multiples of 64")
-  parser.add_argument("--layers", type=int, default=2, help="layers_per_block")
-  parser.add_argument("--context", type=int, default=77, help="context tokens")
-  parser.add_argument("--context-dim", type=int, default=256, help="cross_attention_dim")
-  parser.add_argument("--repeats", type=int, default=7)
+  add_config_args(parser)
   args = parser.parse_args()
   channels = tuple(int(c) for c in args.channels.split(","))
   load_at_start = os.getloadavg()[0]
@@ -104,12 +118,8 @@ def main() -> None:
   assert not report.missing and not report.unexpected, report
   params = jax.device_put(params)
 
-  rng = np.random.default_rng(0)
   b, s = args.batch, args.latent
-  latents = rng.standard_normal((b, 1, s, s, 5)).astype(np.float32)
-  timesteps = rng.integers(0, 1000, (b,)).astype(np.int32)
-  context = rng.standard_normal((b, args.context, args.context_dim)).astype(np.float32)
-  target = rng.standard_normal((b, 1, s, s, 4)).astype(np.float32)
+  latents, timesteps, context, target = unet_inputs(args)
 
   forward = lambda p, x, t, c: VideoUNet(config).apply({"params": p}, x, t, c)
   mse = lambda p, x, t, c, y: jnp.mean((forward(p, x, t, c) - y) ** 2)

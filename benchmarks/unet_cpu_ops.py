@@ -15,12 +15,14 @@ framework, and set beside the whole UNet's time (timed in the same run) it shows
 is the matmul-like work and how much the rest (elementwise, layout, norm, softmax). The whole-UNet
 ratio cannot pass the library calls' ratio by more than what the rest costs: the table says which
 XLA limit stops unet_cpu.py's ratio.
+Each op timed alone also pays one dispatch (tens of microseconds for a jitted call, a few for
+torch): at small configs that dominates and the sums exceed the whole UNet's time, so read the
+table at the default config or larger.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 
 import jax
@@ -28,27 +30,27 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from unet_cpu import diffusers_config, median_seconds, xla_compute_threads
+from unet_cpu import add_config_args, diffusers_config, median_seconds, unet_inputs, xla_compute_threads
 from vidjax.convert.diffusers_unet import init_unet_params
 from vidjax.models.unet import UNetConfig, VideoUNet
 
 OPS = (jax.lax.conv_general_dilated_p, jax.lax.dot_general_p)
 
 
-def collect_ops(jaxpr, counts: collections.Counter) -> None:
-  """Counts (primitive, operand shapes, params) of every conv and matmul in `jaxpr` and its sub-jaxprs."""
+def collect_ops(jaxpr, ops: dict) -> None:
+  """Adds every conv and matmul of `jaxpr` and its sub-jaxprs to `ops`: (name, operand shapes, params
+  as text) -> [count, params]; (name, shapes) is the key when no two ops of one shape differ in params."""
   for eqn in jaxpr.eqns:
     if eqn.primitive in OPS:
-      key = (eqn.primitive.name, tuple(tuple(v.aval.shape) for v in eqn.invars),
-             tuple(sorted((k, repr(v)) for k, v in eqn.params.items())))
-      counts[key] = counts.get(key, 0) + 1
-      counts.params[key] = eqn.params  # type: ignore[attr-defined]
+      shapes = tuple(tuple(v.aval.shape) for v in eqn.invars)
+      entry = ops.setdefault((eqn.primitive.name, shapes, repr(sorted(eqn.params.items(), key=str))), [0, eqn.params])
+      entry[0] += 1
     for value in eqn.params.values():
       for sub in value if isinstance(value, (list, tuple)) else (value,):
         if isinstance(sub, jax.extend.core.ClosedJaxpr):
-          collect_ops(sub.jaxpr, counts)
+          collect_ops(sub.jaxpr, ops)
         elif isinstance(sub, jax.extend.core.Jaxpr):
-          collect_ops(sub, counts)
+          collect_ops(sub, ops)
 
 
 def torch_op(name: str, shapes, params):
@@ -82,39 +84,29 @@ def torch_op(name: str, shapes, params):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--batch", type=int, default=2)
-  parser.add_argument("--latent", type=int, default=32)
-  parser.add_argument("--channels", default="64,128,256,256")
-  parser.add_argument("--layers", type=int, default=2)
-  parser.add_argument("--context", type=int, default=77)
-  parser.add_argument("--context-dim", type=int, default=256)
-  parser.add_argument("--repeats", type=int, default=7)
+  add_config_args(parser)
   parser.add_argument("--top", type=int, default=10, help="rows of the per-op table (heaviest first)")
   args = parser.parse_args()
   load_at_start = os.getloadavg()[0]
   channels = tuple(int(c) for c in args.channels.split(","))
   config = UNetConfig.from_diffusers(diffusers_config(channels, args.latent, args.layers, args.context_dim))
   model = VideoUNet(config)
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(1)  # operands of the ops timed alone
   b, s = args.batch, args.latent
-  latents = rng.standard_normal((b, 1, s, s, 5)).astype(np.float32)
-  timesteps = rng.integers(0, 1000, (b,)).astype(np.int32)
-  context = rng.standard_normal((b, args.context, args.context_dim)).astype(np.float32)
-  target = rng.standard_normal((b, 1, s, s, 4)).astype(np.float32)
+  latents, timesteps, context, target = unet_inputs(args)
   params = jax.device_put(init_unet_params(config))
-  forward = jax.jit(lambda p: model.apply({"params": p}, latents, timesteps, context))
-  train = jax.jit(jax.grad(lambda p: jnp.mean((model.apply({"params": p}, latents, timesteps, context) - target) ** 2)))
+  apply = lambda p: model.apply({"params": p}, latents, timesteps, context)
+  forward = jax.jit(apply)
+  train = jax.jit(jax.grad(lambda p: jnp.mean((apply(p) - target) ** 2)))
 
-  counts = collections.Counter()
-  counts.params = {}  # type: ignore[attr-defined]
-  collect_ops(jax.make_jaxpr(lambda p: model.apply({"params": p}, latents, timesteps, context))(params).jaxpr, counts)
-  threads = xla_compute_threads() if forward(params) is not None else 1
+  ops: dict = {}
+  collect_ops(jax.make_jaxpr(apply)(params).jaxpr, ops)
+  forward(params).block_until_ready()  # XLA's compute pool exists once a jitted call has run
+  threads = xla_compute_threads()
   torch.set_num_threads(threads)
 
   rows = []
-  for key, count in counts.items():
-    name, shapes, _ = key
-    op_params = counts.params[key]  # type: ignore[attr-defined]
+  for (name, shapes, _), (count, op_params) in ops.items():
     primitive = dict((p.name, p) for p in OPS)[name]
     a, b_ = (rng.standard_normal(shape).astype(np.float32) for shape in shapes)
     xla_fwd = jax.jit(lambda x, y: primitive.bind(x, y, **op_params))
@@ -131,7 +123,7 @@ def main() -> None:
     theirs_out = op(ta, tb).numpy()
     if name == "conv_general_dilated":
       theirs_out = np.moveaxis(theirs_out, 1, -1)
-    assert np.allclose(ours_out, theirs_out, atol=1e-3 * max(1.0, np.abs(ours_out).max())), key
+    assert np.allclose(ours_out, theirs_out, atol=1e-3 * max(1.0, np.abs(ours_out).max())), (name, shapes)
     ta_g, tb_g = ta.clone().requires_grad_(), tb.clone().requires_grad_()
 
     def torch_fwd():
@@ -155,7 +147,7 @@ def main() -> None:
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load average at start {load_at_start:.2f}, "
         f"at end {os.getloadavg()[0]:.2f}")
   print(f"config: channels {channels}, {args.layers} layers/block, latent {s}x{s}, batch {b}, context {args.context}; "
-        f"{sum(counts.values())} convs and matmuls in {len(counts)} shapes; median of {args.repeats}")
+        f"{sum(c for c, _ in ops.values())} convs and matmuls in {len(ops)} shapes; median of {args.repeats}")
   rows.sort(key=lambda r: -r["xla_train"])
   print(f"{'op':<6} {'operand shapes':<34} {'n':>3} {'GFLOP':>6} | {'fwd ms xla':>10} {'torch':>7} {'ratio':>5} | "
         f"{'fwd+bwd ms xla':>14} {'torch':>7} {'ratio':>5}")
