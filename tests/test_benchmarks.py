@@ -91,5 +91,8 @@ def test_build_shards_benchmark_times_both_builders_and_finds_the_same_bytes(cap
                                                           out, re.MULTILINE)}
   assert set(rates) == {"local process pool", "Beam DirectRunner"} and all(r > 0 for r in rates.values())
   ratio = float(re.search(r"Beam / local: ([\d.]+)x", out).group(1))
-  assert ratio == pytest.approx(rates["Beam DirectRunner"] / rates["local process pool"], rel=0.05)
+  # The rates are printed to 0.1 clips/s and the ratio to 0.01: at 8 clips the rates are a few clips/s,
+  # so the ratio is checked against the interval those roundings allow, not a relative tolerance.
+  beam, local = rates["Beam DirectRunner"], rates["local process pool"]
+  assert (beam - 0.05) / (local + 0.05) - 0.005 <= ratio <= (beam + 0.05) / (local - 0.05) + 0.005
   assert "same bytes: yes" in out and "load average" in out and "CPU " in out
