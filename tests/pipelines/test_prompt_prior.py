@@ -5,6 +5,7 @@ cannot work are refused before anything runs."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +18,7 @@ from vidjax.models.clip import encode_text, end_token_positions
 from vidjax.models.prior import DiffusionPrior
 from vidjax.pipelines import toy_edit_cli
 from vidjax.pipelines.edit import VideoEditPipeline
+from vidjax.pipelines.model_dir import load_model_dir
 from vidjax.sampling import generate
 from vidjax.sampling.prior import PriorSampler, PriorSamplingConfig, mix_content, prior_key
 
@@ -38,6 +40,12 @@ def folders(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipe(folders):
   return VideoEditPipeline.from_pretrained(folders["prior"], progress=False)
+
+
+@pytest.fixture(scope="module")
+def image_only(folders):
+  """An image-embedding model whose checkpoint holds no prior."""
+  return VideoEditPipeline.from_pretrained(folders["image"], progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +89,11 @@ def test_a_prompt_becomes_the_priors_sample_at_the_image_embeddings_scale(pipe, 
   np.testing.assert_allclose(got, tiny_model_dir.PRIOR_EMBED_NORM * _direct_prior_sample(pipe, PROMPT, 3, 2.0),
                              rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(got), tiny_model_dir.PRIOR_EMBED_NORM, rtol=1e-5)
+  # Not the caption's own CLIP text embedding: the prior moved it towards where image embeddings lie.
+  prior = pipe.model_dir.prior
+  text = np.asarray(encode_text(prior.text_config, prior.text_params,
+                                jnp.asarray(pipe.model_dir.tokenizer([PROMPT])))["text_embeds"])
+  assert abs(float(got[0] @ text[0]) / (np.linalg.norm(got) * np.linalg.norm(text))) < 0.99
   assert not np.allclose(got, content(prompt=OTHER, seed=3, prior_guidance_scale=2.0), atol=1e-3)
   assert not np.allclose(got, content(prompt=PROMPT, seed=4, prior_guidance_scale=2.0), atol=1e-3)
   assert not np.allclose(got, content(prompt=PROMPT, seed=3, prior_guidance_scale=0.0), atol=1e-3)
@@ -101,11 +114,12 @@ def test_content_mix_runs_from_the_image_to_the_prompt_by_slerp(pipe, content, c
   np.testing.assert_allclose(np.linalg.norm(half), (np.linalg.norm(image) + np.linalg.norm(prompt)) / 2, rtol=1e-5)
   quarter = mix_content(image, prompt, 0.25)
   np.testing.assert_allclose(np.arccos(unit(np.asarray(quarter)) @ unit(image)), angle / 4, rtol=1e-3)
+  # One direction at two norms (where slerp's sin(theta) is 0): the direction kept, the norms mixed linearly.
+  np.testing.assert_allclose(mix_content(image, 2 * image, 0.25), 1.25 * image, rtol=1e-5)
 
 
-def test_inputs_that_cannot_work_are_refused_before_any_model_runs(folders, pipe, clip, monkeypatch):
+def test_inputs_that_cannot_work_are_refused_before_any_model_runs(folders, pipe, image_only, clip, monkeypatch):
   monkeypatch.setattr(generate, "embed_images", lambda *a: pytest.fail("an image was embedded"))
-  image_only = VideoEditPipeline.from_pretrained(folders["image"], progress=False)
   with pytest.raises(ConfigError, match="prompt.*holds no prior.*--prior"):
     image_only(depth=clip.disparity, prompt=PROMPT)
   with pytest.raises(InputError, match="content_mix.*only a prompt was given.*pass both"):
@@ -145,11 +159,20 @@ def test_sidecar_settings_name_the_priors_knobs(pipe, clip):
   assert json.dumps(pipe.check_settings(depth=clip.disparity, image=clip.rgb[0], prompt=PROMPT).content_mix) == "0.5"
 
 
-def test_the_toy_benchmark_prompts_through_the_prior_when_the_checkpoint_has_one(folders, pipe):
+def test_the_toy_benchmark_prompts_through_the_prior_when_the_checkpoint_has_one(pipe, image_only):
   assert toy_edit_cli._content_kind(pipe, None) == "prior"
   assert toy_edit_cli._content_kind(pipe, "reference_image") == "reference_image"
   assert toy_edit_cli.CONTENT_NAMES["prior"] == "prior from caption"
-  image_only = VideoEditPipeline.from_pretrained(folders["image"], progress=False)
   assert toy_edit_cli._content_kind(image_only, None) == "reference_image"
   with pytest.raises(ConfigError, match="--content prior.*holds no prior"):
     toy_edit_cli._content_kind(image_only, "prior")
+
+
+def test_a_checkpoint_whose_prior_has_no_content_scale_is_refused_at_load(folders, tmp_path):
+  folder = tmp_path / "bad"
+  shutil.copytree(folders["prior"], folder)
+  manifest = json.loads((folder / "config.json").read_text())
+  manifest["prior"]["image_embed_norm"] = 0
+  (folder / "config.json").write_text(json.dumps(manifest))
+  with pytest.raises(ConfigError, match="config.json: prior.image_embed_norm is 0.*--prior PRIOR_WORKDIR"):
+    load_model_dir(folder)

@@ -87,8 +87,8 @@ def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, use_em
     if c.content != "image":
       raise ConfigError("--prior", f"the run at {workdir} is conditioned on text, not CLIP image embeddings",
                         "export a prior only with an image-embedding (Gen-1 content) run")
-    prior_components, prior_entry, tokenizer_dir = _prior_parts(prior_from, params["image_encoder"], prior_embed_norm)
-    components.update(prior_components)
+    prior_parts, prior_entry, tokenizer_dir = prior_components(prior_from, params["image_encoder"], prior_embed_norm)
+    components.update(prior_parts)
     extra["prior"] = prior_entry
     assets["tokenizer"] = tokenizer_dir
   if dtype:
@@ -97,7 +97,7 @@ def export_run(workdir: str | os.PathLike, out_dir: str | os.PathLike, *, use_em
   return pretrained.save_pretrained(out_dir, components, extra=extra, assets=assets)
 
 
-def _prior_parts(prior_workdir: str | os.PathLike, image_encoder: dict, embed_norm: float | None):
+def prior_components(prior_workdir: str | os.PathLike, image_encoder: dict, embed_norm: float | None):
   """A prior stage's workdir -> ({'prior', 'text_encoder'} components, the manifest's `prior` entry, tokenizer dir).
 
   The prior must have been trained on this run's CLIP: the image tower it learnt to predict
