@@ -3,8 +3,9 @@
 The knobs are named as in the API, the CLI (dashes for underscores), configs and JSON sidecars:
 `structure_fidelity`, `guidance_scale`, `temporal_guidance_scale`, `num_inference_steps`, `eta`,
 `seed`, `strength`, `temporal_window`, and for image-embedding models prompted through Gen-1's prior
-`prior_guidance_scale`, `prior_num_inference_steps` (the prior's own DDIM) and `content_mix`. Older names (`temporal_guidance`, `steps`) are read as
-aliases where users already have them: command-line flags and sweeps, and manifests' sampling_defaults.
+`prior_guidance_scale`, `prior_num_inference_steps` (the prior's own DDIM) and `content_mix`. Older
+names (`temporal_guidance`, `steps`) are read as aliases where users already have them: command-line
+flags and sweeps, and manifests' sampling_defaults.
 """
 
 from __future__ import annotations
