@@ -16,6 +16,7 @@ from vidjax.convert import common, pretrained
 from vidjax.errors import ConfigError, InputError, usual_mode
 from vidjax.models.clip import CLIPTextConfig
 from vidjax.models.dpt_backbone import BitConfig, DPTConfig
+from vidjax.models.prior import PriorConfig
 from vidjax.models.unet import UNetConfig
 from vidjax.models.vae import VAEConfig
 
@@ -29,6 +30,9 @@ DPT = DPTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, inte
                 backbone_out_indices=(0, 1), reassemble_factors=(1, 0.5), neck_hidden_sizes=(8, 12),
                 fusion_hidden_size=8,
                 bit=BitConfig(embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1), num_groups=4))
+# Gen-1's prior (DiffusionPrior's params), with fields away from their defaults so that each must come back.
+PRIOR = PriorConfig(embed_dim=7, text_width=12, max_text_tokens=7, width=12, depth=2, heads=3, ff_mult=2,
+                    num_train_timesteps=100, beta_schedule="linear", text_drop_prob=0.2)
 EXTRA = {"scheduler": {"beta_schedule": "scaled_linear", "prediction_type": "epsilon", "steps_offset": 1},
          "conditioning": {"structure": "depth_1ch", "content": "text_tokens"}}
 
@@ -43,7 +47,8 @@ def _random_params(config, seed: int) -> dict:
 @pytest.fixture(scope="module")
 def components():
   return {"unet": (UNET, _random_params(UNET, 0)), "vae": (VAE, _random_params(VAE, 1)),
-          "text_encoder": (TEXT, _random_params(TEXT, 2)), "depth_estimator": (DPT, _random_params(DPT, 3))}
+          "text_encoder": (TEXT, _random_params(TEXT, 2)), "depth_estimator": (DPT, _random_params(DPT, 3)),
+          "prior": (PRIOR, _random_params(PRIOR, 4))}
 
 
 @pytest.fixture
@@ -78,8 +83,8 @@ def test_manifest_and_files_are_the_documented_format(saved):
   assert unet["config"]["block_out_channels"] == [8, 16] and unet["config"]["temporal_conv"] == "pseudo3d"
   assert manifest["components"]["depth_estimator"]["config"]["bit"]["class"] == "BitConfig"
   assert sorted(p.name for p in folder.iterdir()) == [
-      "config.json", "depth_estimator.safetensors", "text_encoder.safetensors", "tokenizer", "unet.safetensors",
-      "vae.safetensors"]
+      "config.json", "depth_estimator.safetensors", "prior.safetensors", "text_encoder.safetensors", "tokenizer",
+      "unet.safetensors", "vae.safetensors"]
   assert "down_blocks_0/temporal_attentions_0/transformer_blocks_0/attn1/relative_position_k" in load_file(
       folder / "unet.safetensors")
   assert (folder / "tokenizer" / "vocab.json").read_text() == "{}"
@@ -93,8 +98,8 @@ def test_manifest_and_files_are_the_documented_format(saved):
 def test_load_a_subset(saved):
   loaded = pretrained.load_pretrained(saved, ("vae",))
   assert list(loaded) == ["vae"] and loaded["vae"][0] == VAE
-  with pytest.raises(ConfigError, match="has no components \\['prior'\\]"):
-    pretrained.load_pretrained(saved, ("prior",))
+  with pytest.raises(ConfigError, match="has no components \\['image_encoder'\\]"):
+    pretrained.load_pretrained(saved, ("image_encoder",))
 
 
 def test_failed_save_leaves_no_directory_and_keeps_an_old_one(tmp_path, components, saved):

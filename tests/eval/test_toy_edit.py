@@ -202,7 +202,7 @@ def test_main_gives_an_image_model_each_scenes_reference_image(monkeypatch, tmp_
   class FakeImagePipeline:
     """An image-embedding checkpoint: returns the ideal edit of the scene whose reference it is given."""
 
-    model_dir = types.SimpleNamespace(sampling_defaults={"guidance_scale": 2.0})
+    model_dir = types.SimpleNamespace(sampling_defaults={"guidance_scale": 2.0}, prior=None, path="fake")
     model = types.SimpleNamespace(config=types.SimpleNamespace(content="image"))
 
     @classmethod
@@ -218,3 +218,32 @@ def test_main_gives_an_image_model_each_scenes_reference_image(monkeypatch, tmp_
   assert toy_edit_cli.main(["--num_clips", "2", "--out", str(out)]) == 0
   report = json.loads(out.read_text())
   assert report["colour_accuracy"] == 1.0 and report["settings"]["content"] == "reference image"
+
+
+def test_main_prompts_an_image_model_with_a_prior_through_it_by_default(monkeypatch, tmp_path):
+  cases = toy_edit.edit_cases(2)
+  targets = {c.target_caption: c.target.rgb for c in cases}
+  calls = []
+
+  class FakePriorPipeline:
+    """An image-embedding checkpoint with a prior: returns the ideal edit of the caption it is given."""
+
+    model_dir = types.SimpleNamespace(sampling_defaults={"guidance_scale": 2.0, "prior_guidance_scale": 1.0,
+                                                         "prior_num_inference_steps": 64}, prior=object(), path="fake")
+    model = types.SimpleNamespace(config=types.SimpleNamespace(content="image"))
+
+    @classmethod
+    def from_pretrained(cls, path, progress=True):
+      return cls()
+
+    def __call__(self, *, depth, prompt, seed, prior_guidance_scale, prior_num_inference_steps, **sampling):
+      calls.append((prior_guidance_scale, prior_num_inference_steps))
+      return types.SimpleNamespace(frames=targets[prompt])
+
+  monkeypatch.setitem(sys.modules, "vidjax.pipelines.edit", types.SimpleNamespace(VideoEditPipeline=FakePriorPipeline))
+  out = tmp_path / "report.json"
+  assert toy_edit_cli.main(["--num_clips", "2", "--prior_num_inference_steps", "7", "--out", str(out)]) == 0
+  report = json.loads(out.read_text())
+  assert report["colour_accuracy"] == 1.0 and report["settings"]["content"] == "prior from caption"
+  assert calls == [(1.0, 7)] * 2  # the flag over the checkpoint's default; the default where no flag is given
+  assert (report["settings"]["prior_guidance_scale"], report["settings"]["prior_num_inference_steps"]) == (1.0, 7)

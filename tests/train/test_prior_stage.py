@@ -3,6 +3,8 @@ text dropped at the configured rate, and its held-out figure written; main.run r
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import jax
@@ -16,9 +18,9 @@ import tiny_config
 from configs import prior_toy
 from vidjax import tree
 from vidjax.data.loader import Loader
-from vidjax.errors import ConfigError
+from vidjax.errors import ConfigError, InputError
 from vidjax.models.prior import DiffusionPrior, example_inputs, prior_flops
-from vidjax.train import clip_stage, main, prior_stage
+from vidjax.train import clip_stage, export, main, prior_stage
 from vidjax.train.checkpoint import load_params
 
 STEPS, CRASH_AT = 10, 4
@@ -107,14 +109,21 @@ def test_text_is_dropped_at_the_configured_rate_and_then_ignored(runs):
       jax.jit(training.loss)(runs["resumed"], text, image, jax.random.key(2))[0])
 
 
-def test_run_stage_writes_the_held_out_figure(runs, capsys):
-  prior_stage.run_stage(runs["config"], runs["workdir"])  # trained already: scores only
+@pytest.fixture(scope="module")
+def evaluated(runs):
+  """run_stage on the trained crashed-and-resumed run, once: (its prior_eval.json, what it printed)."""
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    prior_stage.run_stage(runs["config"], runs["workdir"])  # trained already: scores only
   with open(f"{runs['workdir']}/prior_stage/prior_eval.json") as f:
-    report = json.load(f)
+    return json.load(f), printed.getvalue()
+
+
+def test_run_stage_writes_the_held_out_figure(evaluated):
+  report, out = evaluated
   assert report["num_scenes"] == 5 and report["first_seed"] == 500_000 and report["num_inference_steps"] == 4
   assert -1.0 <= report["prior_cosine"] <= 1.0 and -1.0 <= report["text_cosine"] <= 1.0
   assert report["image_embed_norm"] > 0
-  out = capsys.readouterr().out
   assert "over 5 held-out toy scenes" in out and f"prior sample {report['prior_cosine']:.4f}" in out
 
 
@@ -145,3 +154,28 @@ def test_the_full_size_config_is_dalle2s_1b_prior_at_the_cost_its_docstring_stat
   stated = f"{count / 1e9:.2f} B params", f"{flops['train_step'] / 1e15:.1f} PFLOP per training step"
   for text in stated:
     assert text in " ".join(prior_full.__doc__.split()), text
+
+
+def test_the_export_takes_the_priors_ema_its_clips_text_tower_and_the_measured_content_scale(runs, evaluated,
+                                                                                                tmp_path):
+  clip = runs["clip"]
+  components, entry, tokenizer = export.prior_components(runs["workdir"], clip["image_encoder"], None)
+  (prior_config, prior), (text_config, text) = components["prior"], components["text_encoder"]
+  assert prior_config == prior_stage.prior_config(runs["config"]) and text_config.projection_dim == 11
+  for ours, theirs in ((prior, runs["ema"]["prior"]), (text, clip["text_encoder"])):
+    ours, theirs = tree.flatten(ours), tree.flatten(theirs)
+    assert ours.keys() == theirs.keys()
+    for path, value in theirs.items():
+      np.testing.assert_array_equal(np.asarray(ours[path]), np.asarray(value), err_msg="/".join(path))
+  assert entry["image_embed_norm"] == evaluated[0]["image_embed_norm"] and entry["step"] == STEPS
+  assert tokenizer == runs["config"].data.tokenizer_dir
+  assert export.prior_components(runs["workdir"], clip["image_encoder"], 2.5)[1]["image_embed_norm"] == 2.5
+  with pytest.raises(ConfigError, match="image_embed_norm -1.0 is not a positive number.*--prior-embed-norm"):
+    export.prior_components(runs["workdir"], clip["image_encoder"], -1.0)
+  # A prior trained on another CLIP predicts embeddings of another image tower: refused.
+  other = jax.tree.map(lambda x: np.asarray(x) + 1.0, clip["image_encoder"])
+  with pytest.raises(ConfigError, match="image tower is not this run's"):
+    export.prior_components(runs["workdir"], other, None)
+  with pytest.raises(InputError, match="no finished prior checkpoint.*point --prior at the workdir"):
+    export.prior_components(str(tmp_path), clip["image_encoder"], None)
+  assert not (tmp_path / "prior_stage").exists()  # the failed look did not make the folder

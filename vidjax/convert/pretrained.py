@@ -45,6 +45,8 @@ from vidjax.models.depth import DepthEstimator
 from vidjax.models.dpt_backbone import BitConfig, DPTConfig
 from vidjax.models.i3d import I3DConfig
 from vidjax.models.i3d import param_shapes as i3d_param_shapes
+from vidjax.models.prior import PriorConfig
+from vidjax.models.prior import param_shapes as prior_param_shapes
 from vidjax.models.unet import UNetConfig
 from vidjax.models.vae import VAEConfig
 
@@ -54,13 +56,14 @@ CONFIG_FILE = "config.json"
 _RESERVED = ("format", "format_version", "vidjax_version", "components", "assets")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CONFIG_CLASSES = {cls.__name__: cls for cls in (UNetConfig, VAEConfig, CLIPConfig, CLIPTextConfig, CLIPVisionConfig,
-                                                DPTConfig, BitConfig, I3DConfig)}
+                                                DPTConfig, BitConfig, I3DConfig, PriorConfig)}
 _FIX = "convert again with `vidjax convert ...`, or point at a directory written by save_pretrained"
 
 
 _SHAPES: dict[type, Callable[[Any], dict[str, Any]]] = {
     UNetConfig: diffusers_unet.unet_param_shapes, VAEConfig: diffusers_vae.vae_param_shapes,
     DPTConfig: hf_dpt.dpt_param_shapes, CLIPConfig: hf_clip.param_shapes, I3DConfig: i3d_param_shapes,
+    PriorConfig: prior_param_shapes,
     CLIPTextConfig: lambda c: hf_clip.param_shapes(CLIPConfig(text=c))["text_model"],
     CLIPVisionConfig: lambda c: hf_clip.param_shapes(CLIPConfig(vision=c))["vision_model"]}
 

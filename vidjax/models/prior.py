@@ -91,6 +91,12 @@ def example_inputs(config: PriorConfig, batch: int = 1) -> dict[str, jax.Array]:
               text_mask=jnp.ones((batch, length), bool), drop_text=jnp.zeros((batch,), bool))
 
 
+def param_shapes(config: PriorConfig) -> dict[str, Any]:
+  """The prior's param tree of `jax.ShapeDtypeStruct`s (unboxed), without allocating it."""
+  shapes = jax.eval_shape(DiffusionPrior(config).init, jax.random.key(0), **example_inputs(config))
+  return nn.unbox(shapes)["params"]
+
+
 def text_token_mask(input_ids: jax.Array, end_positions: jax.Array) -> jax.Array:
   """(B, L) bool: the tokens up to and including each caption's end token (B,); the padding after it is hidden."""
   return jnp.arange(input_ids.shape[-1])[None, :] <= end_positions[:, None]

@@ -7,8 +7,10 @@
 What one call does, and the papers' controls it exposes:
   1. inputs: a video (its depth is estimated) and/or a depth sequence (Make-Your-Video's creation
      from rough structure); a prompt (+ negative prompt) for text models, or a content image
-     (CLIP image embedding, Gen-1 image prompting) for image models; every input and setting is
-     checked here, before any model runs;
+     (CLIP image embedding, Gen-1 image prompting) for image models; for image models whose
+     checkpoint holds Gen-1's prior, a prompt too (tokenizer -> CLIP text tower -> prior sample,
+     rescaled to the image embeddings' norm), or both, mixed by `content_mix`; every input and
+     setting is checked here, before any model runs;
   2. depth: the checkpoint's DPT (or `depth_estimator=`), min-max over the clip, 1 = near; then
      the structure fidelity t_s blur (Gen-1 Sec. 3.3), within the range the model was trained on;
   3. sampling: DDIM with classifier-free guidance omega and, for omega_t != 1, Gen-1's temporal
@@ -44,6 +46,7 @@ from vidjax.models.depth import DepthEstimator
 from vidjax.pipelines import edit_inputs
 from vidjax.pipelines.model_dir import ModelDir, load_model_dir
 from vidjax.sampling import generate
+from vidjax.sampling.prior import mix_content
 
 EMBEDDED_CHECKPOINT = toyworld.CHECKPOINT
 STAGES = ("inputs", "depth", "encode", "sampling", "decode")
@@ -95,6 +98,9 @@ class EditSettings:
   width: int | None = None
   max_side: int | None = None
   temporal_window: int | None = None
+  prior_guidance_scale: float | None = None
+  prior_num_inference_steps: int | None = None
+  content_mix: float | None = None
   checked: bool = dataclasses.field(default=False, init=False, repr=False)  # set by check_settings only
   # What tokenizing the prompts changes or drops, found by check_settings (which tokenizes them once).
   prompt_warnings: tuple[str, ...] = dataclasses.field(default=(), init=False, repr=False)
@@ -167,7 +173,8 @@ class VideoEditPipeline:
                strength: float = 1.0, mask: Any = None, num_frames: int | None = None, stride: int = 1,
                start_sec: float = 0.0, height: int | None = None, width: int | None = None,
                max_side: int | None = None, temporal_window: int | None = None,
-               progress: bool | None = None) -> EditResult:
+               prior_guidance_scale: float | None = None, prior_num_inference_steps: int | None = None,
+               content_mix: float | None = None, progress: bool | None = None) -> EditResult:
     """Edits one clip.
 
     Args:
@@ -176,8 +183,11 @@ class VideoEditPipeline:
         the structure to follow (with `video`, it replaces the estimate).
       prompt / image: the content: a prompt for text models, a content image for image-embedding
         models (a path or uint8 array; or several, as a list, an (N, H, W, 3) array or a folder, whose
-        CLIP embeddings are averaged); negative_prompt replaces the empty prompt in guidance. Words the tokenizer
-        does not know (read as its unk token) and text past its context are named in a warning.
+        CLIP embeddings are averaged); negative_prompt replaces the empty prompt in guidance (text
+        models only). An image-embedding model whose checkpoint holds a prior takes a prompt too:
+        its prior samples an image embedding from the prompt's CLIP text encoding (noise from the
+        seed, `sampling.prior.prior_key`). Words the tokenizer does not know (read as its unk token)
+        and text past its context are named in a warning.
       strict_prompt: refuse such prompts instead (InputError naming the words).
       structure_fidelity: t_s, an int within the range the checkpoint was trained on.
       guidance_scale: omega (>= 0); temporal_guidance_scale: omega_t (>= 0; 1 = plain CFG).
@@ -192,6 +202,12 @@ class VideoEditPipeline:
         to `max_side` (default: the trained size, else 512) and centre-cropped to multiples.
       temporal_window: L_M for causal models, 1 <= L_M <= max_temporal_window (default: the
         checkpoint's, else the trained clip length).
+      prior_guidance_scale, prior_num_inference_steps: the prior's classifier-free guidance (>= 0; 1 =
+        the conditional prior alone) and DDIM steps, for a prompt to an image-embedding model (default:
+        the checkpoint's `sampling_defaults`, else 1 and 64).
+      content_mix: with both image and prompt (image-embedding models with a prior), the share of the
+        prompt's embedding in the content, in [0, 1] (0 = the image's, 1 = the prompt's; default 0.5),
+        mixed by slerp (`sampling.prior.mix_content`).
       progress: show the progress bar (default: the pipeline's setting).
     Returns:
       EditResult.
@@ -285,24 +301,25 @@ class VideoEditPipeline:
     s.update({name: value for name, value in self.model_dir.sampling_defaults.items() if s.get(name) is None})
     if s["video"] is None and s["depth"] is None:
       raise InputError("video / depth", "neither was given", "pass a video to edit, or a depth sequence to follow")
+    if s["content_mix"] is not None and (s["prompt"] is None or s["image"] is None):
+      given = "only a prompt" if s["prompt"] is not None else "only an image" if s["image"] is not None else "neither"
+      raise InputError("content_mix", f"mixes an image's and a prompt's content, but {given} was given",
+                       "pass both image= and prompt= (an image-embedding model with a prior), or drop content_mix")
     if config.content == "text":
       if s["image"] is not None:
         raise InputError("image", "a content image was given, but this model is conditioned on text",
                          "pass prompt= instead (this checkpoint has no CLIP image tower)")
       if s["prompt"] is None or not isinstance(s["prompt"], str):
         raise InputError("prompt", "missing (this model is conditioned on text)", "pass prompt='...'")
-      if not isinstance(s["strict_prompt"], (bool, np.bool_)):
-        raise InputError("strict_prompt", f"{s['strict_prompt']!r} is not True or False", "pass strict_prompt=True")
       if not isinstance(s["negative_prompt"], str):
         raise InputError("negative_prompt", f"{s['negative_prompt']!r} is not a string", "pass negative_prompt='...'")
-      prompt_warnings = self._prompt_notes(s["prompt"], s["negative_prompt"], s["strict_prompt"])  # raises if strict
+      s.update(prior_guidance_scale=None, prior_num_inference_steps=None)  # no prior: not used
     else:
-      if s["prompt"] is not None or s["negative_prompt"]:
-        raise InputError("prompt", "a prompt was given, but this model is conditioned on CLIP image embeddings",
-                         "pass image= a content image instead (or use a text-conditioned checkpoint)")
-      if s["image"] is None:
-        raise InputError("image", "missing (this model is conditioned on an image embedding)",
-                         "pass image= a content image path or uint8 array")
+      self._check_image_content(s)
+    if s["prompt"] is not None:
+      if not isinstance(s["strict_prompt"], (bool, np.bool_)):
+        raise InputError("strict_prompt", f"{s['strict_prompt']!r} is not True or False", "pass strict_prompt=True")
+      prompt_warnings = self._prompt_notes(s["prompt"], s["negative_prompt"], s["strict_prompt"])  # raises if strict
     low, high = self.model_dir.structure_fidelity_range
     check_number("structure_fidelity", s["structure_fidelity"], low, high,
                  f"this checkpoint was trained with t_s in [{low}, {high}]; pass a value in that range", integer=True)
@@ -354,10 +371,39 @@ class VideoEditPipeline:
     object.__setattr__(checked, "prompt_warnings", tuple(prompt_warnings))
     return checked
 
+  def _check_image_content(self, s: dict[str, Any]) -> None:
+    """An image-embedding model's content settings (in place: the prior's defaults resolved or cleared)."""
+    prior = self.model_dir.prior
+    if s["negative_prompt"]:
+      raise InputError("negative_prompt", "was given, but this model is conditioned on CLIP image embeddings, whose "
+                       "guidance has no negative content", "drop negative_prompt")
+    if s["prompt"] is not None and prior is None:
+      raise ConfigError("prompt", "a prompt was given, but this model is conditioned on CLIP image embeddings and "
+                        f"its checkpoint ({self.model_dir.path}) holds no prior to turn text into one",
+                        "pass image= a content image, or a checkpoint exported with its prior (vidjax convert run "
+                        "WORKDIR OUT --prior PRIOR_WORKDIR)")
+    if s["prompt"] is None and s["image"] is None:
+      also = " or prompt='...' (its prior turns text into an image embedding)" if prior is not None else ""
+      raise InputError("image", "missing (this model is conditioned on an image embedding)",
+                       f"pass image= a content image path or uint8 array{also}")
+    if s["prompt"] is not None and not isinstance(s["prompt"], str):
+      raise InputError("prompt", f"{s['prompt']!r} is not a string", "pass prompt='...'")
+    if s["prompt"] is None:  # the prior does not run: its settings are not used
+      s.update(prior_guidance_scale=None, prior_num_inference_steps=None)
+      return
+    check_number("prior_guidance_scale", s["prior_guidance_scale"], 0.0, None,
+                 "pass the prior's guidance >= 0 (1 = the conditional prior alone)")
+    steps = prior.prior.config.num_train_timesteps
+    check_number("prior_num_inference_steps", s["prior_num_inference_steps"], 1, steps,
+                 f"pass 1 .. {steps} prior steps", integer=True)
+    if s["image"] is not None:
+      if s["content_mix"] is None:
+        s["content_mix"] = 0.5
+      check_number("content_mix", s["content_mix"], 0.0, 1.0,
+                   "pass content_mix in [0, 1] (0 = the image's content, 1 = the prompt's)")
+
   def _prompt_notes(self, prompt: str, negative_prompt: str, strict_prompt: bool) -> list[str]:
     """Warnings naming what tokenizing the prompts changes or drops; InputError instead under strict_prompt."""
-    if self.model.config.content != "text":
-      return []
     tokenizer = self.model_dir.tokenizer
     notes = []
     for name, losses in zip(("prompt", "negative_prompt"), tokenizer.losses([prompt, negative_prompt])):
@@ -441,7 +487,12 @@ class VideoEditPipeline:
       negative = self.model_dir.tokenizer([s.negative_prompt]) if s.negative_prompt else None
       return generate.encode_content(self.model, self.params, tokens=self.model_dir.tokenizer([s.prompt]),
                                      negative_tokens=negative)
-    embeds = generate.embed_images(self.model, self.params, images)
+    embeds = None if images is None else generate.embed_images(self.model, self.params, images)
+    if s.prompt is not None:
+      from_prompt = self.model_dir.prior(self.model_dir.tokenizer([s.prompt]), s.seed,
+                                         guidance_scale=s.prior_guidance_scale,
+                                         num_inference_steps=s.prior_num_inference_steps)
+      embeds = from_prompt if embeds is None else mix_content(embeds, from_prompt, s.content_mix)
     return generate.encode_content(self.model, self.params, image_embeds=embeds)
 
 

@@ -4,6 +4,7 @@
   vidjax edit --depth depth.npy --prompt "..." --num-frames 32 --temporal-window 8   # depth only, long clip
   vidjax edit --prompt "a blue sphere on a grass floor"   # a toy-world clip, the embedded toy checkpoint
   vidjax edit --video in.mp4 --prompt "..." --sweep temporal_guidance_scale=0.5,1,1.5 --out tg.mp4
+  vidjax edit --checkpoint gen1_with_prior --image ref.png --prompt "..." --sweep content_mix=0,0.5,1 --out mix.mp4
 
 Every flag maps onto `VideoEditPipeline.__call__` (or `from_pretrained`) under the same name, dashes for
 underscores (`--temporal-guidance-scale` is `temporal_guidance_scale`; the older `--temporal-guidance`
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
   inputs.add_argument("--depth", metavar="PATH",
                       help="the structure: inverse depth as .npy (T, H, W) or a grayscale video, white = near "
                       "(default: estimated from --video)")
-  inputs.add_argument("--prompt", metavar="TEXT", help="the new content, for text-conditioned models")
+  inputs.add_argument("--prompt", metavar="TEXT", help="the new content, for text-conditioned models, and for "
+                      "image-embedding models whose checkpoint holds Gen-1's prior (text -> image embedding)")
   inputs.add_argument("--negative-prompt", metavar="TEXT", help="replaces the empty prompt in classifier-free guidance")
   inputs.add_argument("--strict-prompt", action="store_true", default=None,
                       help="refuse a prompt with words the tokenizer does not know, or longer than its context "
@@ -100,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"SDEdit strength in (0, 1] (default {d['strength']})")
   sampling.add_argument("--temporal-window", type=int, metavar="L_M",
                         help="causal receptive field for clips longer than trained (default: the checkpoint's)")
+  prior = parser.add_argument_group("prior (a prompt to an image-embedding model with Gen-1's prior)")
+  prior.add_argument("--prior-guidance-scale", type=float, metavar="W",
+                     help=f"the prior's guidance (default: the checkpoint's, else {m['prior_guidance_scale']})")
+  prior.add_argument("--prior-num-inference-steps", type=int, metavar="N",
+                     help=f"the prior's DDIM steps (default: the checkpoint's, else {m['prior_num_inference_steps']})")
+  prior.add_argument("--content-mix", type=float, metavar="M",
+                     help="with both --image and --prompt: the prompt's share of the content, 0 = the image's, "
+                     "1 = the prompt's (slerp; default 0.5)")
   frames = parser.add_argument_group("frames")
   frames.add_argument("--num-frames", type=int, metavar="T", help="frames to edit (default: the trained clip length)")
   frames.add_argument("--stride", type=int, metavar="N", help="keep every stride-th input frame (default 1)")

@@ -14,6 +14,9 @@ The manifest entries it reads (all written by those tools):
   video           num_frames (trained clip length), temporal_window (L_M; null = the whole past),
                   and for trained runs fps, stride and size [H, W]
   training        structure_fidelity_range [min, max] (the t_s the model saw), and the run's facts
+  prior           optional, with the components prior (PriorConfig), text_encoder (its CLIP text
+                  tower with projection) and the tokenizer/ asset, for an image-embedding model:
+                  image_embed_norm, the scale prior samples are rescaled to (`PromptPrior`)
   sampling_defaults
                   optional: the settings of SAMPLING_DEFAULTS this checkpoint samples best with
                   (chosen on held-out data when it was exported; transformers' generation_config),
@@ -31,8 +34,9 @@ import numpy as np
 from vidjax.conditioning.tokens import Tokenizer
 from vidjax.convert import pretrained
 from vidjax.convert.pretrained import CONTENTS, STRUCTURES
-from vidjax.errors import ConfigError, InputError
+from vidjax.errors import ConfigError, InputError, is_number
 from vidjax.models.video_model import DEPTH_NORMALIZATION, ModelConfig, VideoDiffusionModel
+from vidjax.sampling.prior import PromptPrior
 from vidjax.sampling.settings import SAMPLING_DEFAULTS, check_sampling_defaults  # noqa: F401 (part of this API)
 
 _MODEL_PARTS = ("unet", "vae", "text_encoder", "image_encoder")
@@ -43,8 +47,11 @@ class ModelDir:
   """Everything an inference pipeline needs from a checkpoint directory.
 
   tokenizer: prompts (list[str]) -> int32 (B, L) ids (a `vidjax.conditioning.tokens.Tokenizer`: its
-    `losses(prompts)` say what tokenizing changes or drops), or None for image-conditioned models.
+    `losses(prompts)` say what tokenizing changes or drops), or None for image-conditioned models
+    without a prior.
   depth_estimator: (config, params) of a bundled DPT, or None.
+  prior: Gen-1's text -> image-embedding prior with its text tower, for image-conditioned models
+    whose directory holds one (prompts then become image content), else None.
   """
 
   path: str
@@ -53,6 +60,7 @@ class ModelDir:
   tokenizer: Callable[[list[str]], np.ndarray] | None
   manifest: dict[str, Any]
   depth_estimator: tuple[Any, Any] | None = None
+  prior: PromptPrior | None = None
 
   @property
   def scheduler(self) -> dict[str, Any]:
@@ -106,14 +114,17 @@ def load_model_dir(path: str | os.PathLike) -> ModelDir:
     raise InputError(path, f"holds no {missing} (components: {sorted(manifest['components'])})",
                      "point at a whole-model directory (vidjax convert sd2-depth / make-your-video, or "
                      "vidjax convert run)")
-  names = tuple(n for n in (*_MODEL_PARTS, "depth_estimator") if n in manifest["components"])
+  names = tuple(n for n in (*_MODEL_PARTS, "depth_estimator", "prior") if n in manifest["components"])
   loaded = pretrained.load_pretrained(path, names)
-  tokenizer, null_tokens = None, ()
+  tokenizer, null_tokens, prior = None, (), None
   if content == "text":
     if "tokenizer" not in manifest.get("assets", []):
       raise InputError(path, "a text-conditioned model without a tokenizer/ folder", "convert it with its tokenizer")
     tokenizer = _tokenizer(os.path.join(path, "tokenizer"), loaded["text_encoder"][0].max_position_embeddings)
     null_tokens = tuple(int(i) for i in tokenizer([""])[0])
+  elif "prior" in loaded:
+    prior = _prompt_prior(path, manifest, loaded)
+    tokenizer = _tokenizer(os.path.join(path, "tokenizer"), prior.max_text_tokens)
   scheduler = manifest.get("scheduler", {})
   config = ModelConfig(
       unet=loaded["unet"][0], vae=loaded["vae"][0],
@@ -126,4 +137,26 @@ def load_model_dir(path: str | os.PathLike) -> ModelDir:
       num_train_timesteps=int(scheduler.get("num_train_timesteps", 1000)))
   params = {name: loaded[name][1] for name in _MODEL_PARTS if name in loaded and name in needed}
   return ModelDir(path=path, model=VideoDiffusionModel(config), params=params, tokenizer=tokenizer,
-                  manifest=manifest, depth_estimator=loaded.get("depth_estimator"))
+                  manifest=manifest, depth_estimator=loaded.get("depth_estimator"), prior=prior)
+
+
+def _prompt_prior(path: str, manifest: dict[str, Any], loaded: dict[str, Any]) -> PromptPrior:
+  """The `prior` component with its text tower, tokenizer and content scale, checked against each other."""
+  where = os.path.join(path, pretrained.CONFIG_FILE)
+  fix = "export the run again with `vidjax convert run WORKDIR OUT --prior PRIOR_WORKDIR`"
+  if "text_encoder" not in loaded or "tokenizer" not in manifest.get("assets", []):
+    raise InputError(path, "holds a prior but not the CLIP text tower (text_encoder) and tokenizer/ it reads", fix)
+  (prior_config, prior_params), (text_config, text_params) = loaded["prior"], loaded["text_encoder"]
+  image_dim = loaded["image_encoder"][0].projection_dim
+  if not (prior_config.embed_dim == text_config.projection_dim == image_dim
+          and prior_config.text_width == text_config.hidden_size
+          and prior_config.max_text_tokens <= text_config.max_position_embeddings):
+    raise ConfigError(where, f"the prior (embed_dim {prior_config.embed_dim}, text_width {prior_config.text_width}, "
+                      f"{prior_config.max_text_tokens} tokens) does not fit its text tower (projection "
+                      f"{text_config.projection_dim}, width {text_config.hidden_size}, "
+                      f"{text_config.max_position_embeddings} positions) and the image tower ({image_dim})", fix)
+  norm = manifest.get("prior", {}).get("image_embed_norm")
+  if not (is_number(norm) and norm > 0):
+    raise ConfigError(where, f"prior.image_embed_norm is {norm!r}, not the positive content scale of the image "
+                      "embeddings", fix)
+  return PromptPrior(prior_config, prior_params, text_config, text_params, float(norm))

@@ -1,7 +1,8 @@
 """`vidjax eval-toy-edit`: the toy recolouring benchmark (`vidjax.eval.toy_edit`) on a VideoEditPipeline checkpoint.
 
 A text model gets each scene's caption with the new colours; an image-embedding model (Gen-1) gets a
-picture of the recoloured scene instead (`toy_edit.reference_image`).
+picture of the recoloured scene instead (`toy_edit.reference_image`), or, when its checkpoint holds
+Gen-1's prior, that caption through the prior (`--content prior`, the default for such a checkpoint).
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import sys
 
 import numpy as np
 
-from vidjax.errors import EXIT_ERROR, VidjaxError, atomic_path
+from vidjax.errors import EXIT_ERROR, ConfigError, InputError, VidjaxError, atomic_path
 from vidjax.eval import toy_edit
+
+CONTENT_CHOICES = ("reference_image", "prior")
+# The `content` entry of the report's settings, per content kind.
+CONTENT_NAMES = {"caption": "caption", "reference_image": "reference image", "prior": "prior from caption"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--first_seed", type=int, default=1_000_000,
                       help="scenes from this seed on (default 1000000, the benchmark's); another held-out range, "
                       "e.g. 500000, to choose settings without tuning on the benchmark")
+  parser.add_argument("--content", choices=CONTENT_CHOICES, default=None,
+                      help="for image-embedding models: a reference image per scene, or the target caption through "
+                      "the checkpoint's prior (default: prior when the checkpoint has one, else reference_image)")
+  parser.add_argument("--prior_guidance_scale", type=float, default=None,
+                      help="the prior's guidance (default: the checkpoint's sampling default, else 1)")
+  parser.add_argument("--prior_num_inference_steps", type=int, default=None,
+                      help="the prior's DDIM steps (default: the checkpoint's sampling default, else 64)")
   parser.add_argument("--out", default=None, help="also write the report as JSON here")
   return parser
 
@@ -47,14 +59,22 @@ def main(argv: list[str] | None = None) -> int:
     guidance = pipe.model_dir.sampling_defaults["guidance_scale"]
     print(f"guidance scale {guidance:g} (the checkpoint's sampling default)")
 
-  by_image = pipe.model.config.content == "image"
-  if by_image:
+  content = _content_kind(pipe, args.content)
+  defaults = pipe.model_dir.sampling_defaults
+  prior = {}
+  if content == "prior":
+    prior = {name: defaults[name] if getattr(args, name) is None else getattr(args, name)
+             for name in ("prior_guidance_scale", "prior_num_inference_steps")}
+    print(f"content: each scene's target caption through the checkpoint's prior (guidance "
+          f"{prior['prior_guidance_scale']:g}, {prior['prior_num_inference_steps']} steps)")
+  elif content == "reference_image":
     print("content: a reference image per scene (toy_edit.reference_image), as this checkpoint takes CLIP image "
           "embeddings")
 
   def edit(case: toy_edit.EditCase) -> np.ndarray:
-    content = {"image": toy_edit.reference_image(case)} if by_image else {"prompt": case.target_caption}
-    result = pipe(depth=case.source.disparity, **content, seed=case.seed,
+    given = {"image": toy_edit.reference_image(case)} if content == "reference_image" else {
+        "prompt": case.target_caption}
+    result = pipe(depth=case.source.disparity, **given, **prior, seed=case.seed,
                   num_inference_steps=args.num_inference_steps, guidance_scale=guidance, temporal_guidance_scale=1.0)
     return np.asarray(result.frames)
 
@@ -63,14 +83,28 @@ def main(argv: list[str] | None = None) -> int:
   print(toy_edit.summary(report))
   if args.out:
     settings = {"checkpoint": args.checkpoint, "num_clips": args.num_clips,
-                "content": "reference image" if by_image else "caption",
-                "num_inference_steps": args.num_inference_steps,
+                "content": CONTENT_NAMES[content], **prior, "num_inference_steps": args.num_inference_steps,
                 "guidance_scale": guidance, "temporal_guidance_scale": 1.0,
                 "seeds": [case.seed for case in cases]}
     with atomic_path(args.out) as tmp, open(tmp, "w") as f:
       json.dump({"settings": settings, **report}, f, indent=1)
     print(f"report written to {args.out}")
   return 0
+
+
+def _content_kind(pipe, requested: str | None) -> str:
+  """'caption' (text models), 'reference_image' or 'prior' (image models); --content checked against the model."""
+  if pipe.model.config.content == "text":
+    if requested is not None:
+      raise InputError("--content", f"{requested} applies to image-embedding models; this checkpoint takes captions",
+                       "drop --content")
+    return "caption"
+  has_prior = pipe.model_dir.prior is not None
+  if requested == "prior" and not has_prior:
+    raise ConfigError("--content prior", f"the checkpoint {pipe.model_dir.path} holds no prior",
+                      "export it with its prior (vidjax convert run WORKDIR OUT --prior PRIOR_WORKDIR), or pass "
+                      "--content reference_image")
+  return requested or ("prior" if has_prior else "reference_image")
 
 
 if __name__ == "__main__":

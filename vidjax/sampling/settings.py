@@ -2,8 +2,10 @@
 
 The knobs are named as in the API, the CLI (dashes for underscores), configs and JSON sidecars:
 `structure_fidelity`, `guidance_scale`, `temporal_guidance_scale`, `num_inference_steps`, `eta`,
-`seed`, `strength`, `temporal_window`. Older names (`temporal_guidance`, `steps`) are read as
-aliases where users already have them: command-line flags and sweeps, and manifests' sampling_defaults.
+`seed`, `strength`, `temporal_window`, and for image-embedding models prompted through Gen-1's prior
+`prior_guidance_scale`, `prior_num_inference_steps` (the prior's own DDIM) and `content_mix`. Older
+names (`temporal_guidance`, `steps`) are read as aliases where users already have them: command-line
+flags and sweeps, and manifests' sampling_defaults.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from typing import Any, Mapping
 from vidjax.errors import ConfigError, InputError, is_number
 
 # The sampling settings a checkpoint may recommend, with the values used where it does not.
-SAMPLING_DEFAULTS = {"guidance_scale": 5.0, "temporal_guidance_scale": 1.0, "num_inference_steps": 25, "eta": 0.0}
+# The prior's: guidance 1 scored best on the toy prior's held-out scenes (configs/prior_toy.py), and
+# DALL-E 2 samples its prior in 64 steps.
+SAMPLING_DEFAULTS = {"guidance_scale": 5.0, "temporal_guidance_scale": 1.0, "num_inference_steps": 25, "eta": 0.0,
+                     "prior_guidance_scale": 1.0, "prior_num_inference_steps": 64}
 # The knobs that take numbers, with their type (what `--sweep` and `--sampling-default` parse).
 NUMERIC_SETTINGS = {"structure_fidelity": int, "guidance_scale": float, "temporal_guidance_scale": float,
-                    "num_inference_steps": int, "eta": float, "seed": int, "strength": float, "temporal_window": int}
+                    "num_inference_steps": int, "eta": float, "seed": int, "strength": float, "temporal_window": int,
+                    "prior_guidance_scale": float, "prior_num_inference_steps": int, "content_mix": float}
 # Old name -> the one name.
 ALIASES = {"temporal_guidance": "temporal_guidance_scale", "steps": "num_inference_steps"}
 

@@ -29,9 +29,9 @@ from vidjax import diffusion, toyworld
 from vidjax.conditioning.tokens import tokenize
 from vidjax.errors import ConfigError, atomic_path
 from vidjax.eval.metrics import retrieval_top1
-from vidjax.models.clip import end_token_positions, preprocess_images
-from vidjax.models.prior import DiffusionPrior, PriorConfig, embedding_space, example_inputs, text_token_mask
-from vidjax.sampling.prior import PriorSampler, PriorSamplingConfig
+from vidjax.models.clip import preprocess_images
+from vidjax.models.prior import DiffusionPrior, PriorConfig, embedding_space, example_inputs
+from vidjax.sampling.prior import PriorSampler, PriorSamplingConfig, encode_prior_text
 from vidjax.train import pair_stage
 from vidjax.train.checkpoint import load_params
 from vidjax.train.clip_stage import RETRIEVAL_FIRST_SEED, Towers
@@ -71,10 +71,7 @@ class PriorTraining:
   def encode_text(self, clip_params: Mapping[str, Any], tokens: jax.Array) -> dict[str, jax.Array]:
     """(B, L) token ids -> the prior's text conditioning: hidden (B, L, W), embeds (B, D) in
     `embedding_space`, mask (B, L)."""
-    out = self.towers.text.apply({"params": clip_params["text_encoder"]}, tokens)
-    ends = end_token_positions(tokens, self.towers.text_config.eos_token_id)
-    return {"hidden": out["last_hidden_state"], "embeds": embedding_space(out["text_embeds"]),
-            "mask": text_token_mask(tokens, ends)}
+    return encode_prior_text(self.towers.text_config, clip_params["text_encoder"], tokens)
 
   def loss(self, params: Mapping[str, Any], text: Mapping[str, jax.Array], image_embeds: jax.Array, rng: jax.Array):
     """x0 MSE of the prior on clean image embeddings (B, D) in `embedding_space`, the text dropped at the
