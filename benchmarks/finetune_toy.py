@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
   for mode in args.modes.split(","):
     out = os.path.join(args.out_dir, mode)
     settings = finetune.FinetuneSettings(token=args.token, mode=mode, num_steps=args.steps, lr=args.lr)
-    info = finetune.finetune(settings, toyworld.CHECKPOINT, images, out)
+    info = finetune.finetune(settings, toyworld.CHECKPOINT, images, out).manifest
     report["results"][mode] = {"train_seconds": info["seconds"], "num_steps": args.steps,
                                "lr": settings.learning_rate}
     checkpoints[mode] = out

@@ -381,13 +381,22 @@ class Batches:
 # The run.
 
 
+@dataclasses.dataclass(frozen=True)
+class Finetuned:
+  """What `finetune` produced: `manifest` is finetune.json (LoRA) or the model directory's 'finetune' entry
+  (full), with steps and seconds; `model` and `params` (float32) are the fine-tuned model as trained."""
+
+  manifest: dict[str, Any]
+  model: VideoDiffusionModel
+  params: dict[str, Any]
+
+
 def finetune(settings: FinetuneSettings, checkpoint: str | os.PathLike, images: str | os.PathLike,
              out: str | os.PathLike, *, workdir: str | os.PathLike | None = None, bar: bool | None = None,
-             print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+             print_fn: Callable[[str], None] = print) -> Finetuned:
   """Fine-tunes `checkpoint` on the images of `images` and writes `out` (see the module docstring).
 
-  Every input is checked before anything is written. Returns the finetune.json manifest (LoRA) or the
-  'finetune' entry of the model directory's manifest (full), including steps and seconds.
+  Every input is checked before anything is written.
   Raises:
     InputError / ConfigError naming the input: a missing checkpoint, too few or unreadable images, bad
     settings, a work folder holding a different run.
@@ -396,6 +405,9 @@ def finetune(settings: FinetuneSettings, checkpoint: str | os.PathLike, images: 
   start = time.perf_counter()
   checkpoint, out = os.path.abspath(os.fspath(checkpoint)), os.path.abspath(os.fspath(out))
   model_dir = load_model_dir(checkpoint)
+  if "finetune" in model_dir.manifest and model_dir.manifest["finetune"].get("mode") == "lora":
+    raise ConfigError(checkpoint, "is a LoRA folder; LoRA adapters are not stacked",
+                      f"fine-tune its base {model_dir.manifest['finetune']['base']} again, or a --mode full output")
   if model_dir.model.config.content != "text" or model_dir.tokenizer is None:
     raise ConfigError(checkpoint, "is not a text-conditioned model: there is no vocabulary to add the token to",
                       "customize a text model (the embedded toy, SD-2-depth, Make-Your-Video)")
@@ -446,13 +458,14 @@ def finetune(settings: FinetuneSettings, checkpoint: str | os.PathLike, images: 
           "seconds": round(time.perf_counter() - start, 1), "settings": dataclasses.asdict(settings)}
   if subject.depth is None:
     print_fn("note: no .depth.npy sidecars: depth was approximated by brightness (bright = near)")
+  params = tuned_params(base, trained, settings.mode, settings.lora_alpha, token_id)
   if settings.mode == "lora":
     info = _write_lora(out, model_dir, trained, token_dir, info)
   else:
-    _write_full(out, model_dir, model, tuned_params(base, trained, "full", 0.0, token_id), token_dir, info)
+    _write_full(out, model_dir, model, params, token_dir, info)
   shutil.rmtree(workdir, ignore_errors=True)
   print_fn(f"fine-tuned {settings.mode} model written to {out} ({info['seconds']:.0f} s)")
-  return info
+  return Finetuned(manifest=info, model=model, params=params)
 
 
 def _is_toy(model_dir: ModelDir) -> bool:
