@@ -48,6 +48,7 @@ Measured (`python benchmarks/finetune_toy.py`): see README "Customization".
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -66,7 +67,7 @@ from vidjax import diffusion, interpolate, toyworld, tree
 from vidjax.conditioning.tokens import Tokenizer
 from vidjax.convert import pretrained
 from vidjax.errors import ConfigError, InputError, atomic_path, check_number, usual_mode
-from vidjax.models.video_model import VideoDiffusionModel
+from vidjax.models.video_model import ModelConfig, VideoDiffusionModel
 from vidjax.pipelines.model_dir import LORA_MANIFEST as MANIFEST
 from vidjax.pipelines.model_dir import ModelDir, load_lora, load_model_dir  # noqa: F401 (load_lora: this API)
 from vidjax.train import lora
@@ -291,10 +292,9 @@ def tuned_params(base: Mapping[str, Any], trainable: Mapping[str, Any], mode: st
   return params
 
 
-def _grown_model(model_dir: ModelDir, vocab_size: int) -> VideoDiffusionModel:
+def _grown_config(model_dir: ModelDir, vocab_size: int) -> ModelConfig:
   config = model_dir.model.config
-  return VideoDiffusionModel(dataclasses.replace(
-      config, text_encoder=dataclasses.replace(config.text_encoder, vocab_size=vocab_size)))
+  return dataclasses.replace(config, text_encoder=dataclasses.replace(config.text_encoder, vocab_size=vocab_size))
 
 
 def make_step(model: VideoDiffusionModel, tx: optax.GradientTransformation, settings: FinetuneSettings,
@@ -325,14 +325,24 @@ def make_step(model: VideoDiffusionModel, tx: optax.GradientTransformation, sett
   return step
 
 
-def _optimizer(settings: FinetuneSettings, trainable: Mapping[str, Any]) -> optax.GradientTransformation:
+def _optimizer(settings: FinetuneSettings) -> optax.GradientTransformation:
   def adam(lr):
     schedule = optax.linear_schedule(lr / max(settings.warmup_steps, 1), lr, max(settings.warmup_steps, 1))
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
-  labels = {name: ("token" if name == "token_row" else "model") for name in trainable}
-  return optax.multi_transform({"token": adam(settings.token_lr), "model": adam(settings.learning_rate)},
-                               jax.tree_util.tree_map_with_path(lambda p, _: labels[p[0].key], dict(trainable)))
+  def labels(trainable):  # the token row at token_lr, the adapters (or the UNet) at the learning rate
+    return {name: jax.tree.map(lambda _, n=name: "token" if n == "token_row" else "model", value)
+            for name, value in trainable.items()}
+
+  return optax.multi_transform({"token": adam(settings.token_lr), "model": adam(settings.learning_rate)}, labels)
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(config: ModelConfig, settings: FinetuneSettings, token_id: int):
+  """(model, optimizer, jitted step) for one run's (model config, settings, token id), kept across calls so a
+  relaunched or repeated run in the same process (a notebook, the tests) reuses the traced step."""
+  model, tx = VideoDiffusionModel(config), _optimizer(settings)
+  return model, tx, jax.jit(make_step(model, tx, settings, token_id), donate_argnums=0, static_argnums=3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,16 +414,10 @@ def finetune(settings: FinetuneSettings, checkpoint: str | os.PathLike, images: 
   settings.validate()
   start = time.perf_counter()
   checkpoint, out = os.path.abspath(os.fspath(checkpoint)), os.path.abspath(os.fspath(out))
-  model_dir = load_model_dir(checkpoint)
-  if "finetune" in model_dir.manifest and model_dir.manifest["finetune"].get("mode") == "lora":
-    raise ConfigError(checkpoint, "is a LoRA folder; LoRA adapters are not stacked",
-                      f"fine-tune its base {model_dir.manifest['finetune']['base']} again, or a --mode full output")
-  if model_dir.model.config.content != "text" or model_dir.tokenizer is None:
-    raise ConfigError(checkpoint, "is not a text-conditioned model: there is no vocabulary to add the token to",
-                      "customize a text model (the embedded toy, SD-2-depth, Make-Your-Video)")
-  size_hw = tuple(int(x) for x in (model_dir.video.get("size") or (512, 512)))
+  # Every cheap check first (the manifest, the images, the token), so a bad input fails before any weights load.
+  manifest = _text_model_manifest(checkpoint)
+  size_hw = tuple(int(x) for x in (manifest.get("video", {}).get("size") or (512, 512)))
   subject = read_subject_images(images, size_hw, settings)
-  prior = settings.prior_data == "toy" or (settings.prior_data == "auto" and _is_toy(model_dir))
   workdir = os.path.abspath(os.fspath(workdir or out + ".finetune-work"))
   if workdir == out or workdir == checkpoint:
     raise ConfigError("workdir", f"{workdir} is the output or the checkpoint", "use its own folder")
@@ -422,10 +426,12 @@ def finetune(settings: FinetuneSettings, checkpoint: str | os.PathLike, images: 
   token_dir = os.path.join(workdir, "tokenizer")
   try:
     token_id = add_token(os.path.join(checkpoint, "tokenizer"), settings.token, token_dir)
+    model_dir = load_model_dir(checkpoint)
   except BaseException:
-    if created:  # a bad token leaves nothing behind either
+    if created:  # a bad token or checkpoint leaves nothing behind either
       shutil.rmtree(workdir, ignore_errors=True)
     raise
+  prior = settings.prior_data == "toy" or (settings.prior_data == "auto" and _is_toy(model_dir))
   context = model_dir.model.config.text_encoder.max_position_embeddings
   tokenizer = Tokenizer(token_dir, context)
 
@@ -434,21 +440,20 @@ def finetune(settings: FinetuneSettings, checkpoint: str | os.PathLike, images: 
   init_row = _init_row(table, model_dir.tokenizer, settings.init_word, table.shape[0])
   grown = grown_table(table, token_id, init_row)
   base = tree.unflatten({**tree.flatten(base), TOKEN_TABLE: jnp.asarray(grown)})
-  model = _grown_model(model_dir, grown.shape[0])
+  model, tx, step_fn = _compiled(_grown_config(model_dir, grown.shape[0]), settings, token_id)
   key, lora_key = jax.random.split(jax.random.key(settings.seed))
   trainable = {"token_row": jnp.asarray(init_row)}
   if settings.mode == "lora":
     trainable["lora"] = lora.init(base["unet"], settings.lora_pattern, settings.lora_rank, lora_key)
   else:
     trainable["unet"] = jax.tree_util.tree_map(jnp.copy, base["unet"])
-  tx = _optimizer(settings, trainable)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=trainable, opt_state=tx.init(trainable), ema_params={},
                      rng=jax.random.key_data(key))
   run = {"settings": dataclasses.asdict(settings), "checkpoint": checkpoint, "images": list(subject.files),
          "images_sha256": hashlib.sha256(subject.images.tobytes()).hexdigest()}
   state = _resume(os.path.join(workdir, "checkpoints"), state, run, print_fn)
   with Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, async_save=False) as checkpointer:
-    state = _train(model, tx, settings, token_id, base, state, checkpointer, run,
+    state = _train(step_fn, settings, base, state, checkpointer, run,
                    Batches(subject, settings, tokenizer, prior, size_hw, int(model_dir.video.get("num_frames") or 8),
                            int(model_dir.video.get("stride") or 1)), bar, print_fn)
   trained = jax.device_get(state.params)
@@ -468,6 +473,22 @@ def finetune(settings: FinetuneSettings, checkpoint: str | os.PathLike, images: 
   return Finetuned(manifest=info, model=model, params=params)
 
 
+def _text_model_manifest(checkpoint: str) -> dict[str, Any]:
+  """The checkpoint's manifest (config.json, no weights read), checked to be a whole text-conditioned model."""
+  if os.path.isfile(os.path.join(checkpoint, MANIFEST)) and not os.path.isfile(
+      os.path.join(checkpoint, pretrained.CONFIG_FILE)):
+    with open(os.path.join(checkpoint, MANIFEST)) as f:
+      base = json.load(f).get("base")
+    raise ConfigError(checkpoint, "is a LoRA folder; LoRA adapters are not stacked",
+                      f"fine-tune its base {base} again, or a --mode full output")
+  manifest = pretrained.read_manifest(checkpoint)
+  content = pretrained.CONTENTS.get(manifest.get("conditioning", {}).get("content", "text_tokens"))
+  if content != "text" or "tokenizer" not in manifest.get("assets", []):
+    raise ConfigError(checkpoint, "is not a text-conditioned model: there is no vocabulary to add the token to",
+                      "customize a text model (the embedded toy, SD-2-depth, Make-Your-Video)")
+  return manifest
+
+
 def _is_toy(model_dir: ModelDir) -> bool:
   return str(model_dir.manifest.get("training", {}).get("data", "")).startswith("toy world")
 
@@ -484,12 +505,14 @@ def _resume(directory: str, state: TrainState, run: dict[str, Any], print_fn) ->
                         "images", "relaunch with the same arguments, or pass another --workdir (or delete it)")
     target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     state, _, _ = checkpointer.restore(target)
+  # Restored arrays come back committed to Orbax's sharding; placed as a fresh state's are (uncommitted), the
+  # jitted step of the run's first launch is reused instead of traced and compiled again.
+  state = jax.tree.map(jnp.asarray, jax.device_get(state))
   print_fn(f"resumed from step {int(state.step)} in {os.path.dirname(directory)}")
   return state
 
 
-def _train(model, tx, settings, token_id, base, state, checkpointer, run, batches, bar, print_fn) -> TrainState:
-  step_fn = jax.jit(make_step(model, tx, settings, token_id), donate_argnums=0, static_argnums=3)
+def _train(step_fn, settings, base, state, checkpointer, run, batches, bar, print_fn) -> TrainState:
   step = int(state.step)
   progress = ProgressLine(settings.num_steps, clips_per_step=settings.batch_size, frames_per_clip=1,
                           every=50, start_step=step, desc="finetune", print_fn=print_fn, bar=bar)
