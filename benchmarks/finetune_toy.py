@@ -6,8 +6,10 @@
 1. Subject set: --num_images toy scenes (seeds from 3,000,000, outside the training and benchmark
    seeds) with every object painted CONCEPT_RGB, a brown (Lab distance >= 46.9 from each of the 10
    palette colours; nearest: orange), one 64x64 frame each, written as PNGs with their ground-truth
-   disparity as <stem>.depth.npy (the toy checkpoint was trained on it). No caption files: captions
-   come from finetune's caption_template, as for a user who gives only images and a token.
+   disparity as <stem>.depth.npy (the toy checkpoint was trained on it), and (--captions, the default)
+   each scene's caption naming the token in context ("a sks sphere and a sks cube on a grid floor at
+   sunset") as <stem>.txt; --no-captions leaves finetune's caption_template ("a sks"). The token's row
+   starts as --init_word's (default orange, the palette colour nearest CONCEPT_RGB).
 2. `vidjax.pipelines.finetune.finetune` on the embedded toy checkpoint, per --modes.
 3. Held-out edits: `vidjax.eval.toy_edit.edit_cases` (seeds from 1,000,000), depth kept, prompt = the
    scene's caption with every object's colour word replaced by the token ("a sks cube and a sks cone on
@@ -87,10 +89,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--steps", type=int, default=400)
   parser.add_argument("--num_clips", type=int, default=20)
   parser.add_argument("--lr", type=float, default=None)
+  parser.add_argument("--init_word", default="orange",
+                      help="the token's row starts as this word's ('': the mean row); orange: the palette colour "
+                      "nearest the concept in Lab (chosen from CONCEPT_RGB, not from the held-out edits)")
+  parser.add_argument("--captions", action=argparse.BooleanOptionalAction, default=True,
+                      help="write each subject image's scene caption naming the token ('a sks cube on ...'); "
+                      "--no-captions: finetune's default 'a sks'")
+  parser.add_argument("--prior_fraction", type=float, default=0.5)
   parser.add_argument("--skip_base", action="store_true", help="do not edit with the base checkpoint")
   args = parser.parse_args(argv)
   images = os.path.join(args.out_dir, "subject")
-  write_subject_folder(images, args.token, args.num_images)
+  write_subject_folder(images, args.token, args.num_images, captions=args.captions)
   cases = toy_edit.edit_cases(args.num_clips)
   report = {"concept_rgb": CONCEPT_RGB, "num_images": args.num_images, "num_clips": args.num_clips,
             "num_objects": sum(c.source.masks.shape[1] for c in cases), "results": {}}
@@ -98,10 +107,12 @@ def main(argv: list[str] | None = None) -> int:
   checkpoints = {} if args.skip_base else {"base": toyworld.CHECKPOINT}
   for mode in args.modes.split(","):
     out = os.path.join(args.out_dir, mode)
-    settings = finetune.FinetuneSettings(token=args.token, mode=mode, num_steps=args.steps, lr=args.lr)
+    settings = finetune.FinetuneSettings(token=args.token, mode=mode, num_steps=args.steps, lr=args.lr,
+                                         init_word=args.init_word, prior_fraction=args.prior_fraction)
     info = finetune.finetune(settings, toyworld.CHECKPOINT, images, out).manifest
     report["results"][mode] = {"train_seconds": info["seconds"], "num_steps": args.steps,
-                               "lr": settings.learning_rate}
+                               "lr": settings.learning_rate, "init_word": args.init_word,
+                               "captions": args.captions, "prior_fraction": args.prior_fraction}
     checkpoints[mode] = out
   for name, path in checkpoints.items():
     start = time.perf_counter()

@@ -143,7 +143,8 @@ def test_finetuning_moves_the_denoiser_toward_the_subject(run):
 
   Slow (35 s: eager losses of two models) and a strict xfail: the customization does not work yet. Measured
   on the toy world (benchmarks/finetune_toy.py, brown, 20 images, 400 steps, 33 held-out objects): base 0 %,
-  LoRA 18.2 %, full 21.2 % of the objects in the new colour, against a target of >= 70 %.
+  LoRA 18.2 %, full 21.2 % of the objects in the new colour with captions "a sks" and the mean row; LoRA
+  63.6 % with the scenes' captions naming the token and the row started as 'orange' (README); target >= 70 %.
   """
   base, trained = load_model_dir(run["base"]), run["result"]
   subject = finetune.read_subject_images(run["images"], (tiny_model_dir.SIZE,) * 2, SETTINGS)
