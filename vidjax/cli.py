@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                       "score a checkpoint's recolouring edits of held-out toy clips (IoU, colour, consistency)"),
     "evaluate": ("vidjax.pipelines.evaluate",
                  "score a checkpoint on an evaluation protocol (configs/eval/*.py), resumable per item"),
+    "finetune": ("vidjax.pipelines.finetune_cli",
+                 "customize a model on 15-30 images of a subject named by a new token (LoRA or full)"),
     "convert": ("vidjax.cli:convert", "convert diffusers / HF / Make-Your-Video / PyTorch I3D checkpoints to vidjax"),
     "build-shards": ("vidjax.cli:build_shards",
                      "build ArrayRecord video shards (toy world, a video folder with captions, or TFDS)"),

@@ -3,7 +3,8 @@
 `load_model_dir(path)` reads any directory written by `vidjax.convert.pretrained.save_pretrained` that
 holds a whole model (unet + vae + text_encoder or image_encoder, optionally depth_estimator): the
 converters' stable-diffusion-2-depth and Make-Your-Video outputs, and trained runs exported by
-`vidjax.train.export.export_run` (`vidjax convert run`).
+`vidjax.train.export.export_run` (`vidjax convert run`), and the LoRA outputs of `vidjax finetune`
+(a folder with finetune.json: its base checkpoint is loaded, then `load_lora` applies it).
 The manifest entries it reads (all written by those tools):
 
   scheduler       num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type,
@@ -26,11 +27,15 @@ The manifest entries it reads (all written by those tools):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from typing import Any, Callable
 
 import numpy as np
+from safetensors.numpy import load_file
 
+from vidjax import toyworld, tree
 from vidjax.conditioning.tokens import Tokenizer
 from vidjax.convert import pretrained
 from vidjax.convert.pretrained import CONTENTS, STRUCTURES
@@ -38,8 +43,12 @@ from vidjax.errors import ConfigError, InputError, is_number
 from vidjax.models.video_model import DEPTH_NORMALIZATION, ModelConfig, VideoDiffusionModel
 from vidjax.sampling.prior import PromptPrior
 from vidjax.sampling.settings import SAMPLING_DEFAULTS, check_sampling_defaults  # noqa: F401 (part of this API)
+from vidjax.train import lora
 
 _MODEL_PARTS = ("unet", "vae", "text_encoder", "image_encoder")
+# A `vidjax finetune --mode lora` output: adapters, the grown token table and tokenizer, naming its base.
+LORA_MANIFEST = "finetune.json"
+_TOKEN_TABLE = ("embeddings", "token_embedding", "embedding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +103,8 @@ def load_model_dir(path: str | os.PathLike) -> ModelDir:
     entry this vidjax does not understand.
   """
   path = os.fspath(path)
+  if os.path.isfile(os.path.join(path, LORA_MANIFEST)) and not os.path.isfile(os.path.join(path, pretrained.CONFIG_FILE)):
+    return _load_lora_dir(path)
   manifest = pretrained.read_manifest(path)
   conditioning = manifest.get("conditioning", {})
   structure = STRUCTURES.get(conditioning.get("structure", "depth_1ch"))
@@ -160,3 +171,60 @@ def _prompt_prior(path: str, manifest: dict[str, Any], loaded: dict[str, Any]) -
     raise ConfigError(where, f"prior.image_embed_norm is {norm!r}, not the positive content scale of the image "
                       "embeddings", fix)
   return PromptPrior(prior_config, prior_params, text_config, text_params, float(norm))
+
+
+def _read_lora_manifest(path: str) -> dict[str, Any]:
+  where = os.path.join(path, LORA_MANIFEST)
+  try:
+    with open(where, encoding="utf-8") as f:
+      manifest = json.load(f)
+  except (OSError, ValueError) as e:
+    raise InputError(where, f"not a readable JSON manifest ({e})", "point at a folder `vidjax finetune` wrote") from e
+  if not isinstance(manifest, dict) or manifest.get("format") != "vidjax-finetune" or manifest.get("mode") != "lora":
+    raise InputError(where, "is not a vidjax-finetune LoRA manifest", "point at a folder `vidjax finetune` wrote")
+  return manifest
+
+
+def lora_base(path: str | os.PathLike) -> str:
+  """The base checkpoint directory a `vidjax finetune --mode lora` folder was trained on."""
+  manifest = _read_lora_manifest(os.fspath(path))
+  if manifest.get("base_is_embedded"):  # the package may have moved since
+    return toyworld.CHECKPOINT
+  return manifest["base"]
+
+
+def load_lora(base_params: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+  """The fine-tuned params: `base_params` ({'unet', 'text_encoder', ...} of the base checkpoint) with the
+  LoRA adapters of `path` merged into the UNet (W + alpha / r A B, float32) and the text encoder's token
+  table replaced by the grown one (one more row per added token)."""
+  path = os.fspath(path)
+  manifest = _read_lora_manifest(path)
+  adapters, alpha = lora.load(os.path.join(path, os.path.basename(manifest["lora"]["file"])))
+  table_file = os.path.join(path, os.path.basename(manifest["token_embedding"]))
+  if not os.path.isfile(table_file):
+    raise InputError(table_file, "the token table is missing", "copy the whole `vidjax finetune` output folder")
+  table = next(iter(load_file(table_file).values()))
+  params = dict(base_params)
+  params["unet"] = lora.merge(base_params["unet"], adapters, alpha)
+  flat = tree.flatten(base_params["text_encoder"])
+  flat[_TOKEN_TABLE] = table
+  params["text_encoder"] = tree.unflatten(flat)
+  return params
+
+
+def _load_lora_dir(path: str) -> ModelDir:
+  """A LoRA folder: its base through `load_model_dir`, the adapters and token table by `load_lora`."""
+  manifest = _read_lora_manifest(path)
+  base_path = lora_base(path)
+  base = load_model_dir(base_path)
+  with open(os.path.join(base_path, "unet.safetensors"), "rb") as f:
+    if hashlib.sha256(f.read()).hexdigest() != manifest.get("base_unet_sha256"):
+      raise ConfigError(path, f"was trained on another version of its base {base_path} (the unet differs)",
+                        "fine-tune again on this base, or restore the base it names")
+  params = load_lora(base.params, path)
+  config = base.model.config
+  config = dataclasses.replace(config, text_encoder=dataclasses.replace(
+      config.text_encoder, vocab_size=int(params["text_encoder"]["embeddings"]["token_embedding"]["embedding"].shape[0])))
+  tokenizer = _tokenizer(os.path.join(path, "tokenizer"), config.text_encoder.max_position_embeddings)
+  return dataclasses.replace(base, path=path, model=VideoDiffusionModel(config), params=params, tokenizer=tokenizer,
+                             manifest={**base.manifest, "finetune": manifest})

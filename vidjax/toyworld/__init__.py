@@ -12,7 +12,7 @@ from vidjax.toyworld.captions import VOCAB_WORDS, caption_for
 from vidjax.toyworld.clip import ToyClip, normalised_disparity, render_clip
 from vidjax.toyworld.render import FAR, render_scene
 from vidjax.toyworld.scene import (COLOURS, FLOORS, SHAPES, TIMES_OF_DAY, Scene, ToyObject,
-                                   recolour, sample_scene)
+                                   paint, recolour, sample_scene)
 from vidjax.toyworld.tokenizer import build_tokenizer, save_tokenizer
 
 # The embedded toy checkpoint (a vidjax pretrained directory, shipped with the package): the default
@@ -22,6 +22,6 @@ CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 __all__ = [
     "CHECKPOINT", "COLOURS", "FAR", "FLOORS", "SHAPES", "TIMES_OF_DAY", "VOCAB_WORDS", "Scene", "ToyClip",
-    "ToyObject", "build_tokenizer", "caption_for", "normalised_disparity", "recolour",
+    "ToyObject", "build_tokenizer", "caption_for", "normalised_disparity", "paint", "recolour",
     "render_clip", "render_scene", "sample_scene", "save_tokenizer",
 ]

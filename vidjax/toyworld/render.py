@@ -144,7 +144,7 @@ def _shade(scene: scene_lib.Scene, steps: np.ndarray, rays: shapes.Rays, depth: 
   lambert = np.where(is_floor, lambert * _blob_shadows(scene, steps, sun, floor_x, floor_z),
                      lambert)
   palette = np.array([_FLOOR_COLOURS[scene.floor][0]] +
-                     [scene_lib.COLOURS[o.colour] for o in scene.objects], np.float32)
+                     [scene_lib.object_rgb(o) for o in scene.objects], np.float32)
   albedo = palette[np.maximum(surface, 0)]
   albedo[is_floor] = _floor_albedo(scene.floor, floor_x, floor_z, depth)[is_floor]
   light = np.asarray(sky.ambient, np.float32) + lambert[..., None] * np.asarray(sky.sunlight)

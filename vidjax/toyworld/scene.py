@@ -66,6 +66,9 @@ class ToyObject:
   phase: float
   yaw: float  # cube rotation about the vertical axis at step 0, radians
   spin: float  # cube rotation speed, radians per step
+  # A colour outside COLOURS (display RGB in [0, 1]); `colour` is then its caption word, e.g. a
+  # customization token. None: the colour is COLOURS[colour]. Set by `paint`.
+  rgb: tuple[float, float, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,14 +159,30 @@ def recolour(scene: Scene, colours: Sequence[str]) -> Scene:
   return dataclasses.replace(scene, objects=objects)
 
 
+def paint(scene: Scene, name: str, rgb: Sequence[float]) -> Scene:
+  """Returns `scene` with every object painted the custom colour `rgb` (display RGB in [0, 1]),
+  captioned `name`: a concept the toy world's palette lacks (what customization teaches a model)."""
+  rgb = tuple(float(c) for c in rgb)
+  if len(rgb) != 3 or not all(0.0 <= c <= 1.0 for c in rgb) or not name or " " in name:
+    raise InputError("paint", f"got name {name!r} and rgb {rgb}",
+                     "pass one caption word and three values in [0, 1]")
+  objects = tuple(dataclasses.replace(o, colour=name, rgb=rgb) for o in scene.objects)
+  return dataclasses.replace(scene, objects=objects)
+
+
+def object_rgb(obj: ToyObject) -> tuple[float, float, float]:
+  """The object's display RGB in [0, 1]: its custom `rgb`, else its palette colour."""
+  return obj.rgb if obj.rgb is not None else COLOURS[obj.colour]
+
+
 def check_scene(scene: Scene) -> None:
   """Raises InputError naming the first field of `scene` outside the world's vocabulary."""
   fields = [("floor", scene.floor, FLOORS), ("time_of_day", scene.time_of_day, TIMES_OF_DAY),
             ("camera.motion", scene.camera.motion, CAMERA_MOTIONS)]
   for i, obj in enumerate(scene.objects):
-    fields += [(f"objects[{i}].shape", obj.shape, SHAPES),
-               (f"objects[{i}].colour", obj.colour, tuple(COLOURS)),
-               (f"objects[{i}].motion", obj.motion, OBJECT_MOTIONS)]
+    fields += [(f"objects[{i}].shape", obj.shape, SHAPES), (f"objects[{i}].motion", obj.motion, OBJECT_MOTIONS)]
+    if obj.rgb is None:  # a custom colour (`paint`) names itself
+      fields.append((f"objects[{i}].colour", obj.colour, tuple(COLOURS)))
   for name, value, known in fields:
     if value not in known:
       raise InputError(f"scene.{name}", f"unknown value {value!r}", f"use one of {list(known)}")
