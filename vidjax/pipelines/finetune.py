@@ -62,6 +62,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from PIL import Image, UnidentifiedImageError
+from safetensors.numpy import save_file
 
 from vidjax import diffusion, interpolate, toyworld, tree
 from vidjax.conditioning.tokens import Tokenizer
@@ -182,8 +184,6 @@ def read_subject_images(folder: str | os.PathLike, size_hw: tuple[int, int], set
 
 
 def _read_rgb(path: str) -> np.ndarray:
-  from PIL import Image, UnidentifiedImageError
-
   try:
     with Image.open(path) as image:
       return np.asarray(image.convert("RGB"))
@@ -541,8 +541,6 @@ def _sha256(path: str) -> str:
 
 def _write_lora(out: str, model_dir: ModelDir, trained: Mapping[str, Any], token_dir: str,
                 info: dict[str, Any]) -> dict[str, Any]:
-  from safetensors.numpy import save_file
-
   table = np.asarray(tree.flatten(model_dir.params)[TOKEN_TABLE], np.float32)
   table = grown_table(table, info["token_id"], np.asarray(trained["token_row"]))
   base = os.path.abspath(model_dir.path)

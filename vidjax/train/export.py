@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from safetensors import safe_open
 
 from vidjax import tree
 from vidjax.convert import common, pretrained
@@ -165,8 +166,6 @@ def _run(args: argparse.Namespace) -> dict[str, common.ConversionReport]:
   export_run(args.src, args.out, use_ema=not args.no_ema, dtype=args.dtype,
              sampling_defaults=_sampling_defaults(args.sampling_default or []), prior_from=args.prior,
              prior_embed_norm=args.prior_embed_norm)
-  from safetensors import safe_open
-
   reports = {}
   for name, entry in pretrained.read_manifest(args.out)["components"].items():
     with safe_open(os.path.join(args.out, entry["weights"]), "np") as f:

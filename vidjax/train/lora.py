@@ -20,6 +20,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from vidjax import tree
 from vidjax.errors import ConfigError, InputError, atomic_path, usual_mode
@@ -69,8 +71,6 @@ def merge(params: Mapping[str, Any], adapters: Mapping[str, Any], alpha: float) 
 
 def save(path: str | os.PathLike, adapters: Mapping[str, Any], alpha: float) -> str:
   """Writes the adapters (float32) to a safetensors file atomically; returns the path."""
-  from safetensors.numpy import save_file
-
   rank = {int(ab["lora_a"].shape[1]) for ab in adapters.values()}
   flat = {f"{path_}/{name}": np.ascontiguousarray(np.asarray(v, np.float32))
           for path_, ab in adapters.items() for name, v in ab.items()}
@@ -82,8 +82,6 @@ def save(path: str | os.PathLike, adapters: Mapping[str, Any], alpha: float) -> 
 
 def load(path: str | os.PathLike) -> tuple[dict[str, Any], float]:
   """(adapters, alpha) from a file written by `save`; InputError if it is missing or not a LoRA file."""
-  from safetensors import SafetensorError, safe_open
-
   path = os.fspath(path)
   fix = "point at the lora.safetensors that `vidjax finetune` wrote"
   if not os.path.isfile(path):
