@@ -45,11 +45,9 @@ def shared_video():
 # compiled each twice at once (about 180 s of CPU on 2 cores), so test_train_step.py (other programs)
 # runs beside the first and test_loop.py finds its programs in the persistent cache.
 HEAVIEST_FIRST = (
-    "tests/test_notebooks.py",  # about 300 s: the train_toy notebook trains the toy config three times
     "tests/train/test_loop_processes.py",
     "tests/train/test_train_step.py",
     "tests/train/test_loop.py",
-    "tests/models/test_unet.py",  # about 200 s: two fresh video models built from image models
     "tests/train/test_toy_recipe.py",  # the main job at 2 steps: about 2 min on 2 cores
     "tests/pipelines/test_edit_cli.py",
     "tests/pipelines/test_evaluate.py",
