@@ -26,6 +26,9 @@ from vidjax.train import export, loop, surgery
 from vidjax.train.checkpoint import Checkpointer
 
 STEPS, FRAMES, SIZE, WIDTH = 2, 4, 16, 12  # WIDTH: the toy CLIP image embedding (ViT-L/14's 768)
+# Gen-1's aspect buckets (configs/gen1.py: 320x320, 320x384, 384x320, ...) at 1/20 of their size, rounded to
+# the tiny model's size multiple (4): the real ones would run these tiny stages at 448x256 pixels.
+TINY_BUCKETS = ((16, 16), (16, 20), (20, 16))
 
 
 def gen1_tiny(stage: int, data_dir: str, init_from: str):
@@ -33,7 +36,8 @@ def gen1_tiny(stage: int, data_dir: str, init_from: str):
   config = importlib.import_module(f"configs.gen1_stage{stage}").get_config()
   real = config.model.unet
   tiny = tiny_config.tiny_config()
-  config.data.update(data_dir=data_dir, batch_size=8, image_batch_size=8, prefetch_batches=0, read_threads=1)
+  config.data.update(data_dir=data_dir, batch_size=8, image_batch_size=8, prefetch_batches=0, read_threads=1,
+                     image_buckets=TINY_BUCKETS)
   config.model.vae = tiny.model.vae
   config.model.image_encoder.update(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
                                     image_size=SIZE, patch_size=8, projection_dim=WIDTH)
@@ -103,8 +107,11 @@ def test_each_stage_writes_a_checkpoint_and_a_sample_summary(chain):
     with Checkpointer(f"{chain['runs'][stage]}/checkpoints", async_save=False) as checkpointer:
       assert checkpointer.latest_step() == STEPS
     (video,) = chain["samples"][stage]
-    frames = 1 if stage == 1 else FRAMES  # stage 1 sees image batches only: its sample is one frame
-    assert video.dtype == np.uint8 and video.shape == (1, frames, SIZE, SIZE, 3)
+    if stage == 1:  # images only: its sample is one frame, at the first image batch's bucket
+      assert video.shape[:2] == (1, 1) and video.shape[2:4] in TINY_BUCKETS and video.shape[4] == 3
+    else:  # the first video batch: clips keep their stored size
+      assert video.shape == (1, FRAMES, SIZE, SIZE, 3)
+    assert video.dtype == np.uint8
 
 
 @pytest.mark.slow
@@ -135,12 +142,12 @@ def test_surgery_keeps_what_it_should_and_inits_what_it_adds(chain):
   assert not np.any(kernel[:, :, 4:])  # widen_input_channels: the structure channels start at zero
 
   # The frozen towers are stage 0's all the way through, and training changed the UNet.
+  weights = {stage: surgery.load_weights(runs[stage]) for stage in (0, 1, 2, 3, 4)}
   for stage in (1, 2, 3, 4):
-    weights = surgery.load_weights(runs[stage])
     for name in ("vae", "image_encoder"):
-      for a, b in zip(jax.tree.leaves(weights[name]), jax.tree.leaves(surgery.load_weights(runs[0])[name])):
+      for a, b in zip(jax.tree.leaves(weights[stage][name]), jax.tree.leaves(weights[0][name])):
         np.testing.assert_array_equal(a, b)
-  assert not np.array_equal(_unet(runs[4])["conv_in"]["kernel"], _unet(runs[3])["conv_in"]["kernel"])
+  assert not np.array_equal(weights[4]["unet"]["conv_in"]["kernel"], weights[3]["unet"]["conv_in"]["kernel"])
 
 
 @pytest.mark.slow
