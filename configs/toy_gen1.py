@@ -17,13 +17,14 @@ Measured (2-core AMD EPYC Zen 3, shared with other jobs for most of the run):
 - Main stage, 2500 steps, about 45 min: smoothed loss 0.028 -> 0.019; resumed to 5000 steps
   (`--config.train.num_steps=5000`, another 65 min): 0.016 -> 0.015. On the 20-scene recolouring
   benchmark with reference images at guidance 5 (chosen on validation scenes, below): IoU 0.444 and
-  colour 48.5 % (16/33 objects) at step 2500, 0.505 and 57.6 % (19/33) at step 5000. The shapes
+  colour 48.5 % (16/33 objects) at step 2500, 0.505 and 57.6 % (19/33) at step 5000, 0.510 and
+  54.5 % (18/33) at step 7500 (resumed again, 3285 s): a plateau. The shapes
   follow the depth; the colours are often the reference's neighbours on the colour wheel and the
   floor and sky the wrong time of day: one 64-wide embedding (a single cross-attention token) has to
   carry objects, floor and lighting. The toy CLIP is not the limit (its embedding ranks each object's
   true colour first among the palette's 10 for 87 % of objects). Below issue 16's targets (IoU 0.6,
-  colour 80 %): more steps still help slowly; a context of the vision tower's patch tokens is the
-  other thing to try.
+  colour 80 %), and more steps no longer help: a context of the vision tower's patch tokens, or a
+  higher lr for the re-made cross-attention, is the next thing to try.
 """
 
 from __future__ import annotations
