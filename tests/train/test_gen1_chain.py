@@ -97,10 +97,6 @@ def chain(tmp_path_factory, loop_base):
   return {"runs": runs, "configs": configs, "samples": samples, "exported": exported}
 
 
-def _unet(path: str):
-  return surgery.load_weights(path)["unet"]
-
-
 @pytest.mark.slow
 def test_each_stage_writes_a_checkpoint_and_a_sample_summary(chain):
   for stage in (1, 2, 3, 4):
@@ -117,7 +113,8 @@ def test_each_stage_writes_a_checkpoint_and_a_sample_summary(chain):
 @pytest.mark.slow
 def test_surgery_keeps_what_it_should_and_inits_what_it_adds(chain):
   runs, configs = chain["runs"], chain["configs"]
-  stage0 = _unet(runs[0])
+  weights = {stage: surgery.load_weights(runs[stage]) for stage in (0, 1, 2, 3, 4)}
+  stage0 = weights[0]["unet"]
   stage1 = loop._init_from(configs[1], _fresh_params(configs[1]), None)["unet"]
   # change_context_width: cross-attention keys/values re-made for the 12-wide image embedding, the rest kept.
   attn = stage1["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]
@@ -126,7 +123,7 @@ def test_surgery_keeps_what_it_should_and_inits_what_it_adds(chain):
   np.testing.assert_array_equal(attn["attn1"]["to_q"]["kernel"], source_attn["attn1"]["to_q"]["kernel"])
   np.testing.assert_array_equal(stage1["conv_in"]["kernel"], stage0["conv_in"]["kernel"])
 
-  stage1_final = _unet(runs[1])
+  stage1_final = weights[1]["unet"]
   stage2 = loop._init_from(configs[2], _fresh_params(configs[2]), None)["unet"]
   flat2, flat1 = tree.flatten(stage2), tree.flatten(stage1_final)
   temporal = [p for p in flat2 if "temporal" in "/".join(p)]
@@ -134,7 +131,7 @@ def test_surgery_keeps_what_it_should_and_inits_what_it_adds(chain):
   for path, value in flat1.items():
     np.testing.assert_array_equal(flat2[path], value, err_msg="/".join(path))
 
-  stage2_final = _unet(runs[2])
+  stage2_final = weights[2]["unet"]
   stage3 = loop._init_from(configs[3], _fresh_params(configs[3]), None)["unet"]
   kernel = stage3["conv_in"]["kernel"]  # (3, 3, 4 latent + 4 depth latent + 4 t_s, out)
   assert kernel.shape[2] == 12
@@ -142,7 +139,6 @@ def test_surgery_keeps_what_it_should_and_inits_what_it_adds(chain):
   assert not np.any(kernel[:, :, 4:])  # widen_input_channels: the structure channels start at zero
 
   # The frozen towers are stage 0's all the way through, and training changed the UNet.
-  weights = {stage: surgery.load_weights(runs[stage]) for stage in (0, 1, 2, 3, 4)}
   for stage in (1, 2, 3, 4):
     for name in ("vae", "image_encoder"):
       for a, b in zip(jax.tree.leaves(weights[stage][name]), jax.tree.leaves(weights[0][name])):
