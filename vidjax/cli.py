@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "edit a video: keep its depth structure, change its content by a prompt or image"),
     "eval-toy-edit": ("vidjax.pipelines.toy_edit_cli",
                       "score a checkpoint's recolouring edits of held-out toy clips (IoU, colour, consistency)"),
+    "fidelity": ("vidjax.pipelines.fidelity_cli",
+                 "the papers' controls (omega_t, t_s, the causal window, temporal layers) as curves on toy scenes"),
     "evaluate": ("vidjax.pipelines.evaluate",
                  "score a checkpoint on an evaluation protocol (configs/eval/*.py), resumable per item"),
     "finetune": ("vidjax.pipelines.finetune_cli",

@@ -147,3 +147,20 @@ def test_widening_through_init_from_keeps_the_source_models_outputs_whatever_the
   widened = jax.jit(unet.apply)({"params": merged["unet"]}, latents, t, context, jnp.asarray(depth))
   assert np.abs(np.asarray(reference)).max() > 0.1
   np.testing.assert_allclose(np.asarray(widened), np.asarray(reference), rtol=1e-5, atol=1e-5)
+
+
+def test_replace_structure_channels_keeps_the_latent_weights_and_zeroes_the_old_structure():
+  """'depth_pixels' (8 latent + 17 structure channels) -> 'depth_latent' (8 + 8 + 4): the old structure
+  weights would read depth latents as depth pixels, so they go; the latent's stay."""
+  rng = np.random.default_rng(0)
+  params = {"conv_in": {"kernel": rng.standard_normal((3, 3, 25, 6)), "bias": rng.standard_normal(6)},
+            "conv_out": {"kernel": rng.standard_normal((3, 3, 6, 8))}}
+  replaced = surgery.replace_structure_channels(params, 20, 8)
+  kernel = replaced["conv_in"]["kernel"]
+  assert kernel.shape == (3, 3, 20, 6)
+  np.testing.assert_array_equal(kernel[:, :, :8], params["conv_in"]["kernel"][:, :, :8])
+  assert not np.any(kernel[:, :, 8:])
+  np.testing.assert_array_equal(replaced["conv_in"]["bias"], params["conv_in"]["bias"])
+  assert replaced["conv_out"] is params["conv_out"]
+  with pytest.raises(ConfigError, match="latent_channels"):
+    surgery.replace_structure_channels(params, 20, 26)

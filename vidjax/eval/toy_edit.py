@@ -218,22 +218,25 @@ def segment(output: np.ndarray, case: EditCase) -> np.ndarray:
   return predicted
 
 
-def object_ious(output: np.ndarray, case: EditCase) -> np.ndarray:
-  """Per object, the IoU of its `segment` pixels with its source mask, averaged over frames: float64 (K,).
+def object_frame_ious(output: np.ndarray, case: EditCase) -> np.ndarray:
+  """Per frame and object, the IoU of its `segment` pixels with its source mask: float64 (T, K).
 
-  Frames where the object is neither visible nor predicted are left out of its average (cannot
-  happen in `edit_cases`, whose objects show in every frame).
+  NaN where the object is neither visible nor predicted in that frame (nothing to find, nothing
+  found; cannot happen in `edit_cases`, whose objects show in every frame).
   """
-  predicted = segment(output, case)
-  masks = case.source.masks
-  ious = np.ones(masks.shape[1])
-  for k in range(masks.shape[1]):
-    found = predicted == k + 1
-    intersection = (found & masks[:, k]).sum(axis=(1, 2))
-    union = (found | masks[:, k]).sum(axis=(1, 2))
-    if union.any():  # else: nothing to find and nothing found
-      ious[k] = np.mean(intersection[union > 0] / union[union > 0])
-  return ious
+  predicted = segment(output, case)[:, None]  # (T, 1, H, W)
+  found = predicted == np.arange(1, case.source.masks.shape[1] + 1)[None, :, None, None]
+  intersection = (found & case.source.masks).sum(axis=(2, 3))
+  union = (found | case.source.masks).sum(axis=(2, 3))
+  return np.where(union > 0, intersection / np.maximum(union, 1), np.nan)
+
+
+def object_ious(output: np.ndarray, case: EditCase) -> np.ndarray:
+  """Per object, `object_frame_ious` averaged over the frames where it is defined: float64 (K,)
+  (1.0 for an object never visible nor predicted)."""
+  ious = object_frame_ious(output, case)
+  defined = ~np.isnan(ious)
+  return np.where(defined.any(axis=0), np.nansum(ious, axis=0) / np.maximum(defined.sum(axis=0), 1), 1.0)
 
 
 def silhouette_iou(output: np.ndarray, case: EditCase) -> float:

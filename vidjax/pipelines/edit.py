@@ -98,6 +98,7 @@ class EditSettings:
   width: int | None = None
   max_side: int | None = None
   temporal_window: int | None = None
+  image_mode: bool = False
   prior_guidance_scale: float | None = None
   prior_num_inference_steps: int | None = None
   content_mix: float | None = None
@@ -172,7 +173,7 @@ class VideoEditPipeline:
                eta: float | None = None, seed: int = 0,
                strength: float = 1.0, mask: Any = None, num_frames: int | None = None, stride: int = 1,
                start_sec: float = 0.0, height: int | None = None, width: int | None = None,
-               max_side: int | None = None, temporal_window: int | None = None,
+               max_side: int | None = None, temporal_window: int | None = None, image_mode: bool = False,
                prior_guidance_scale: float | None = None, prior_num_inference_steps: int | None = None,
                content_mix: float | None = None, progress: bool | None = None) -> EditResult:
     """Edits one clip.
@@ -201,7 +202,10 @@ class VideoEditPipeline:
       height, width: an exact output size (multiples of `size_multiple`); else the input is scaled
         to `max_side` (default: the trained size, else 512) and centre-cropped to multiples.
       temporal_window: L_M for causal models, 1 <= L_M <= max_temporal_window (default: the
-        checkpoint's, else the trained clip length).
+        checkpoint's, else the trained clip length), or L_M >= num_frames (given) for the whole past:
+        full causal attention over every frame (Make-Your-Video's comparison for long clips).
+      image_mode: sample with the per-frame image model, the temporal layers off (the model Gen-1's
+        image batches train; Make-Your-Video's Table 3 baseline); needs temporal_guidance_scale 1.
       prior_guidance_scale, prior_num_inference_steps: the prior's classifier-free guidance (>= 0; 1 =
         the conditional prior alone) and DDIM steps, for a prompt to an image-embedding model (default:
         the checkpoint's `sampling_defaults`, else 1 and 64).
@@ -271,7 +275,8 @@ class VideoEditPipeline:
         shape=(1, t, *latent_hw, self.model.config.vae.latent_channels), seed=s.seed,
         num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
         temporal_guidance_scale=s.temporal_guidance_scale, eta=s.eta,
-        temporal_window=s.temporal_window, scheduler=self.model_dir.scheduler,
+        temporal_window=None if s.temporal_window is not None and s.temporal_window >= t else s.temporal_window,
+        scheduler=self.model_dir.scheduler, image_mode=s.image_mode,
         init_latents=source_latents, strength=s.strength, keep_mask=keep_mask,
         source_latents=source_latents)
     done("sampling", latents)
@@ -326,6 +331,11 @@ class VideoEditPipeline:
     check_number("guidance_scale", s["guidance_scale"], 0.0, None, "pass omega >= 0 (1 = no guidance)")
     check_number("temporal_guidance_scale", s["temporal_guidance_scale"], 0.0, None,
                  "pass omega_t >= 0 (1 = off, > 1 = smoother, < 1 = more per-frame detail)")
+    if not isinstance(s["image_mode"], (bool, np.bool_)):
+      raise InputError("image_mode", f"{s['image_mode']!r} is not True or False", "pass image_mode=True")
+    if s["image_mode"] and s["temporal_guidance_scale"] != 1:
+      raise InputError("image_mode", f"the image model has no video model to guide towards (temporal_guidance_scale "
+                       f"{s['temporal_guidance_scale']:g})", "pass temporal_guidance_scale=1 with image_mode")
     check_number("num_inference_steps", s["num_inference_steps"], 1, config.num_train_timesteps,
                  f"pass 1 .. {config.num_train_timesteps} steps", integer=True)
     check_number("eta", s["eta"], 0.0, 1.0, "pass eta in [0, 1] (0 = deterministic DDIM)")
@@ -363,8 +373,10 @@ class VideoEditPipeline:
     if limit is not None:
       if window is None:  # the checkpoint's L_M, else the trained length, within what the model represents
         window = min(self.model_dir.video.get("temporal_window") or self.trained_frames or limit, limit)
-      check_number("temporal_window", window, 1, limit, f"pass 1 <= L_M <= {limit} (the relative-position range "
-                   "of this model's temporal attention + 1)", integer=True)
+      whole_past = s["num_frames"] is not None and window >= s["num_frames"]
+      check_number("temporal_window", window, 1, None if whole_past else limit,
+                   f"pass 1 <= L_M <= {limit} (the relative-position range of this model's temporal attention + 1), "
+                   "or L_M >= num_frames for the whole past", integer=True)
       s["temporal_window"] = int(window)
     checked = EditSettings(**s)
     object.__setattr__(checked, "checked", True)  # frozen: only this method marks a copy as checked

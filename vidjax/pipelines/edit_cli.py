@@ -101,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
   sampling.add_argument("--strength", type=float, metavar="S",
                         help=f"SDEdit strength in (0, 1] (default {d['strength']})")
   sampling.add_argument("--temporal-window", type=int, metavar="L_M",
-                        help="causal receptive field for clips longer than trained (default: the checkpoint's)")
+                        help="causal receptive field for clips longer than trained (default: the checkpoint's); "
+                        ">= --num-frames attends to the whole past")
+  sampling.add_argument("--image-mode", action="store_true", default=None,
+                        help="sample with the per-frame image model (the temporal layers off)")
   prior = parser.add_argument_group("prior (a prompt to an image-embedding model with Gen-1's prior)")
   prior.add_argument("--prior-guidance-scale", type=float, metavar="W",
                      help=f"the prior's guidance (default: the checkpoint's, else {m['prior_guidance_scale']})")

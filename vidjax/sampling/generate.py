@@ -50,7 +50,7 @@ def _compiled(model: VideoDiffusionModel) -> _Compiled:
 
 
 def sampling_config(model: VideoDiffusionModel, num_inference_steps: int, *, with_temporal_guidance: bool,
-                    scheduler: Mapping[str, Any] | None = None) -> SamplingConfig:
+                    scheduler: Mapping[str, Any] | None = None, image_mode: bool = False) -> SamplingConfig:
   """The static settings of a loop: the step count, the model's parameterisation, and the spacing of a
   checkpoint's `scheduler` manifest entry (diffusers' fields; default: what training exports)."""
   scheduler = scheduler or {}
@@ -58,7 +58,7 @@ def sampling_config(model: VideoDiffusionModel, num_inference_steps: int, *, wit
                         spacing=scheduler.get("timestep_spacing", "leading"),
                         steps_offset=int(scheduler.get("steps_offset", 1)),
                         set_alpha_to_one=bool(scheduler.get("set_alpha_to_one", False)),
-                        with_temporal_guidance=with_temporal_guidance)
+                        with_temporal_guidance=with_temporal_guidance, image_mode=bool(image_mode))
 
 
 # The one Sampler cache: per model (weakly: a dropped model frees its loops), per static setting.
@@ -114,7 +114,8 @@ def sample_latents(model: VideoDiffusionModel, params: Mapping[str, Any], *, str
                    num_inference_steps: int, guidance_scale: float = 5.0, temporal_guidance_scale: float = 1.0,
                    eta: float = 0.0, temporal_window: int | None = None, scheduler: Mapping[str, Any] | None = None,
                    init_latents: jax.Array | None = None, strength: float = 1.0,
-                   keep_mask: jax.Array | None = None, source_latents: jax.Array | None = None) -> jax.Array:
+                   keep_mask: jax.Array | None = None, source_latents: jax.Array | None = None,
+                   image_mode: bool = False) -> jax.Array:
   """DDIM with guidance from noise of `seed` (split into the start noise and the steps' key).
 
   Args:
@@ -123,11 +124,12 @@ def sample_latents(model: VideoDiffusionModel, params: Mapping[str, Any], *, str
     eta, temporal_window: DDIM eta and the causal window L_M (None: the whole past).
     init_latents, strength: SDEdit (strength < 1 starts from the noised init_latents);
     keep_mask (B, T, h, w, 1), source_latents: masked editing (keep the source where 1).
+    image_mode: sample with the per-frame image model (temporal layers off; omega_t must be 1).
   Returns:
     float32 latents of `shape`.
   """
   config = sampling_config(model, num_inference_steps, with_temporal_guidance=temporal_guidance_scale != 1.0,
-                           scheduler=scheduler)
+                           scheduler=scheduler, image_mode=image_mode)
   noise_key, step_key = jax.random.split(jax.random.key(seed))
   sdedit = strength < 1.0
   return sampler_for(model, config)(

@@ -30,6 +30,9 @@ class SamplingConfig:
   steps_offset: int = 1
   set_alpha_to_one: bool = False
   with_temporal_guidance: bool = False  # Gen-1 Eq. 8 (3N batch) instead of plain CFG (2N batch)
+  # The per-frame image model (every video gate 0: the temporal layers skipped), as Gen-1's image
+  # batches train it and Make-Your-Video's Table 3 compares it; plain CFG only.
+  image_mode: bool = False
 
 
 class Sampler:
@@ -76,12 +79,17 @@ class Sampler:
     batch = noise.shape[0]
 
     def model_fn(z, t, ctx, video_gate):
+      if self.config.image_mode:
+        video_gate = jnp.zeros_like(video_gate)
       copies = z.shape[0] // batch  # guidance stacks 2 or 3 copies of the batch
       cond = None if structure is None else jnp.concatenate([structure] * copies)
       return self.unet.apply({"params": params}, z, t, ctx, cond, video_gate=video_gate,
                              temporal_window=temporal_window)
 
     c = self.config
+    if c.with_temporal_guidance and c.image_mode:
+      raise InputError("image_mode", "has no video model to guide towards (temporal guidance)",
+                       "use temporal_guidance_scale 1 with image_mode")
     if c.with_temporal_guidance:
       denoise = diffusion.temporal_guidance(model_fn, context=context, null_context=null_context,
                                             scale=guidance_scale, temporal_guidance_scale=temporal_guidance_scale)

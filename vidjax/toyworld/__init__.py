@@ -19,9 +19,12 @@ from vidjax.toyworld.tokenizer import build_tokenizer, save_tokenizer
 # of `vidjax edit`, and the pretrained start of the toy main job (configs/toy.py), as SD-2-depth is
 # Make-Your-Video's.
 CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "toy")
+# Its Gen-1-style sibling ('depth_latent' structure, trained over t_s 0..7, configs/toy_fidelity.py):
+# the checkpoint of `vidjax fidelity`'s structure-fidelity curve.
+FIDELITY_CHECKPOINT = os.path.join(os.path.dirname(CHECKPOINT), "toy_fidelity")
 
 __all__ = [
-    "CHECKPOINT", "COLOURS", "FAR", "FLOORS", "SHAPES", "TIMES_OF_DAY", "VOCAB_WORDS", "Scene", "ToyClip",
+    "CHECKPOINT", "COLOURS", "FIDELITY_CHECKPOINT", "FAR", "FLOORS", "SHAPES", "TIMES_OF_DAY", "VOCAB_WORDS", "Scene", "ToyClip",
     "ToyObject", "build_tokenizer", "caption_for", "normalised_disparity", "paint", "recolour",
     "render_clip", "render_scene", "sample_scene", "save_tokenizer",
 ]

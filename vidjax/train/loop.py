@@ -196,8 +196,9 @@ def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardi
   `config.init_from` is one or more comma-separated sources (`surgery.load_weights`: pretrained
   directories, training workdirs; later components replace earlier ones); params matching
   `config.init_exclude` keep their init (fresh temporal layers); `config.init_surgery`
-  adapts them first: 'widen_input_channels' (new structure channels, zero weights) and/or
-  'change_context_width' (a new content width).
+  adapts them first: 'widen_input_channels' (new structure channels, zero weights) or
+  'replace_structure_channels' (another structure kind: the latent's weights kept, the structure's
+  zero), and/or 'change_context_width' (a new content width).
   """
   path = config.init_from
   source = {name: p for name, p in surgery.load_weights(path).items() if name in params}
@@ -206,12 +207,16 @@ def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardi
     unet = config.model.unet
     if operation == "widen_input_channels":
       source["unet"] = surgery.widen_input_channels(source["unet"], unet.in_channels)
+    elif operation == "replace_structure_channels":
+      source["unet"] = surgery.replace_structure_channels(source["unet"], unet.in_channels,
+                                                          config.model.vae.latent_channels)
     elif operation == "change_context_width":
       source["unet"] = surgery.change_context_width(source["unet"], unet.cross_attention_dim,
                                                     jax.random.key(config.seed + 2))
     else:
       raise ConfigError("init_surgery", f"unknown operation {operation!r}",
-                        "use 'widen_input_channels' and/or 'change_context_width'")
+                        "use 'widen_input_channels' or 'replace_structure_channels', and/or "
+                        "'change_context_width'")
   merged, report = surgery.merge_params(target, source, exclude=tuple(config.init_exclude))
   print(f"init_from {path}: {report}")
   return jax.device_put(merged, shardings)

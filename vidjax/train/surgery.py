@@ -93,6 +93,24 @@ def widen_input_channels(unet_params: Mapping[str, Any], in_channels: int) -> di
   return {**unet_params, "conv_in": {**unet_params["conv_in"], "kernel": widened}}
 
 
+def replace_structure_channels(unet_params: Mapping[str, Any], in_channels: int,
+                               latent_channels: int) -> dict[str, Any]:
+  """UNet params for another structure kind: conv_in keeps its first `latent_channels` input channels
+  (the noisy latent) and gets zero weights for the `in_channels - latent_channels` structure channels.
+
+  For a pretrained model moved to a structure whose channels mean something else ('depth_pixels' ->
+  Gen-1's 'depth_latent'): the old structure weights would read the new channels as the wrong thing,
+  zeros start the model structure-blind, as `widen_input_channels` does for added channels.
+  """
+  kernel = np.asarray(unet_params["conv_in"]["kernel"])  # (3, 3, in, out)
+  if not 0 < latent_channels <= min(in_channels, kernel.shape[2]):
+    raise ConfigError("latent_channels", f"{latent_channels} is not within the model's {kernel.shape[2]} and the "
+                      f"target's {in_channels} input channels", "pass the VAE's latent_channels")
+  zeros = np.zeros(kernel.shape[:2] + (in_channels - latent_channels, kernel.shape[3]), kernel.dtype)
+  replaced = np.concatenate([kernel[:, :, :latent_channels], zeros], axis=2)
+  return {**unet_params, "conv_in": {**unet_params["conv_in"], "kernel": replaced}}
+
+
 def change_context_width(unet_params: Mapping[str, Any], context_dim: int, rng: jax.Array,
                          scale: float = 0.02) -> dict[str, Any]:
   """Re-initialises every cross-attention (attn2) to_k / to_v kernel for `context_dim` inputs."""
