@@ -20,7 +20,8 @@ from matplotlib import pyplot as plt  # noqa: E402  (after the backend)
 from vidjax.errors import atomic_path  # noqa: E402
 
 TITLES = {"iou": "silhouette IoU (higher: follows the depth)",
-          "colour_accuracy": "colour accuracy (higher: follows the prompt)",
+          "colour_accuracy": "colour accuracy (in the silhouettes)",
+          "colour_presence": "colour presence (anywhere: follows the prompt)",
           "consistency": "frame change / the ideal's (1 = ideal, higher = flicker)"}
 PAPERS = {"temporal_guidance": "Gen-1 Fig. 4: temporal guidance", "structure_fidelity": "Gen-1 Fig. 6/10: t_s",
           "temporal_window": "Make-Your-Video Fig. 6: long clips", "temporal_layers": "Make-Your-Video Table 3"}

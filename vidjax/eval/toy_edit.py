@@ -18,6 +18,8 @@ Metrics, on an output video uint8 (T, H, W, 3) of the case's size (colours compa
   colour_accuracy: per object, the mean output colour inside its source mask eroded by 1 pixel,
     over all frames, is named after the nearest of the 10 palette colours as they look on that
     object under the scene's lighting; correct when that is the prompt's colour.
+  colour_presence (not in `evaluate`'s report): per object, whether pixels labelled as it (1-NN, as
+    above) cover at least half its area anywhere in the frame: prompt adherence without location.
   frame_consistency: mean |frame[t+1] - frame[t]| of the output over that of the target render;
     1.0 is as smooth as the ideal, > 1 flickers, < 1 moves less than the scene (e.g. frozen).
 
@@ -237,6 +239,20 @@ def object_ious(output: np.ndarray, case: EditCase) -> np.ndarray:
   ious = object_frame_ious(output, case)
   defined = ~np.isnan(ious)
   return np.where(defined.any(axis=0), np.nansum(ious, axis=0) / np.maximum(defined.sum(axis=0), 1), 1.0)
+
+
+def colour_presence(output: np.ndarray, case: EditCase, min_area: float = 0.5) -> np.ndarray:
+  """bool (K,): whether object k's prompt colour shows anywhere in the output over at least `min_area`
+  of the object's own area (both averaged over the frames).
+
+  Pixels count for object k when `segment` labels them k (nearest to its colour in the target
+  render), wherever they are: prompt adherence without the silhouettes, the side of Gen-1's t_s
+  trade-off that `colour_accuracy` (measured inside the source masks) cannot show once the shapes go.
+  """
+  predicted = segment(output, case)
+  areas = case.source.masks.sum(axis=(0, 2, 3))
+  found = np.stack([(predicted == k + 1).sum() for k in range(len(areas))])
+  return found >= min_area * areas
 
 
 def silhouette_iou(output: np.ndarray, case: EditCase) -> float:
