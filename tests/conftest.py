@@ -49,6 +49,7 @@ HEAVIEST_FIRST = (
     "tests/train/test_train_step.py",
     "tests/train/test_loop.py",
     "tests/train/test_toy_recipe.py",  # the main job at 2 steps: about 2 min on 2 cores
+    "tests/pipelines/test_fidelity.py",  # four claims on the toy checkpoints at 2-3 scenes: about 3 min on 2 cores
     "tests/pipelines/test_edit_cli.py",
     "tests/pipelines/test_evaluate.py",
     "tests/pipelines/test_edit.py",

@@ -68,6 +68,7 @@ def _plot_segments(ax, points: list[dict[str, Any]]) -> None:
     xs = list(range(1, len(stats) + 1))
     ax.errorbar(xs, [s["mean"] for s in stats], yerr=[s["error"] for s in stats], marker="o", capsize=3,
                 label=point["label"])
+  ax.set_xticks(range(1, max(len(p["segment_iou"]) for p in points) + 1))
   ax.set_xlabel("segment of the clip (trained length each)")
   ax.set_title("silhouette IoU per segment", fontsize=9)
   ax.legend(fontsize=7)

@@ -56,7 +56,7 @@ class FidelitySettings:
   errors of the mean over scenes (1.96: a 95 % interval).
   """
 
-  num_clips: int = 12
+  num_clips: int = 20
   first_seed: int = 1_000_000
   num_inference_steps: int = 25
   guidance_scale: float | None = None
