@@ -275,8 +275,8 @@ class VideoEditPipeline:
         shape=(1, t, *latent_hw, self.model.config.vae.latent_channels), seed=s.seed,
         num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
         temporal_guidance_scale=s.temporal_guidance_scale, eta=s.eta,
-        temporal_window=None if s.temporal_window is not None and s.temporal_window >= t else s.temporal_window,
-        scheduler=self.model_dir.scheduler, image_mode=s.image_mode,
+        temporal_window=self._sampler_window(s.temporal_window), scheduler=self.model_dir.scheduler,
+        image_mode=s.image_mode,
         init_latents=source_latents, strength=s.strength, keep_mask=keep_mask,
         source_latents=source_latents)
     done("sampling", latents)
@@ -482,6 +482,12 @@ class VideoEditPipeline:
     if keep is not None:
       keep = edit_inputs.fit_maps(keep.astype(np.float32), scaled, target) > 0.5
     return frames, depth, keep, content_images
+
+  def _sampler_window(self, window: int | None) -> int | None:
+    """The checked L_M as the sampler takes it: beyond the band's exact range (check_settings allows that
+    only for L_M >= num_frames) it is None, the whole past in one causal mask."""
+    limit = self.max_temporal_window
+    return None if window is not None and limit is not None and window > limit else window
 
   def _check_length(self, t: int, s: EditSettings) -> None:
     trained = self.trained_frames

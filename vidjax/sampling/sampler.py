@@ -39,6 +39,9 @@ class Sampler:
   """sampler(params, noise, context, null_context, ...) -> latents; see `__call__`."""
 
   def __init__(self, unet: VideoUNet, schedule: diffusion.Schedule, config: SamplingConfig):
+    if config.with_temporal_guidance and config.image_mode:
+      raise InputError("image_mode", "has no video model to guide towards (temporal guidance)",
+                       "use temporal_guidance_scale 1 with image_mode")
     self.unet, self.schedule, self.config = unet, schedule, config
     self.traces = 0
     self._sample = jax.jit(self._sample_impl)
@@ -87,9 +90,6 @@ class Sampler:
                              temporal_window=temporal_window)
 
     c = self.config
-    if c.with_temporal_guidance and c.image_mode:
-      raise InputError("image_mode", "has no video model to guide towards (temporal guidance)",
-                       "use temporal_guidance_scale 1 with image_mode")
     if c.with_temporal_guidance:
       denoise = diffusion.temporal_guidance(model_fn, context=context, null_context=null_context,
                                             scale=guidance_scale, temporal_guidance_scale=temporal_guidance_scale)
