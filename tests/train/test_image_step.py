@@ -46,11 +46,18 @@ def _batch(frames, seed=0):
           "structure_fidelity": np.zeros((2,), np.int32)}
 
 
-def _changed(state, select, factor=1.5):
-  """`state` with the params whose '/'-joined path `select` accepts scaled by `factor`."""
+def _changed(state, select):
+  """`state` with each param whose '/'-joined path `select` accepts scaled elementwise by factors in [-1, 3].
+
+  Elementwise and with sign flips, not by one factor: a layer norm after a uniformly scaled linear layer
+  undoes the scale, and a scale of 1.5 left the loss within 3e-7 of itself (relative) once the content
+  passed through the CLIP tower; these factors move it by ~2e-5, 20x the tests' threshold.
+  """
   flat = flatten(state.params)
   assert any(select("/".join(p)) for p in flat)
-  return state.replace(params=unflatten({p: v * factor if select("/".join(p)) else v for p, v in flat.items()}))
+  rng = np.random.default_rng(0)
+  scale = lambda v: v * rng.uniform(-1.0, 3.0, np.shape(v)).astype(np.asarray(v).dtype)
+  return state.replace(params=unflatten({p: scale(v) if select("/".join(p)) else v for p, v in flat.items()}))
 
 
 def _loss_and_grad_norm(step, state, batch, image_mode):
