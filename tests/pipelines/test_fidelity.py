@@ -61,6 +61,7 @@ def test_the_causal_window_keeps_long_clips_as_good_as_the_trained_length(toy):
   record = fidelity.run_claim(toy, "temporal_window", fidelity.FidelitySettings(num_clips=3, num_inference_steps=10))
   trained, windowed, full = record["points"]
   assert trained["num_frames"] == 8 and windowed["num_frames"] == full["num_frames"] == 32
+  assert windowed["seeds"] == full["seeds"] and len(full["seeds"]) == 3  # paired: the same long clips
   assert len(windowed["segment_iou"]) == 4 and len(trained["segment_iou"]) == 1
   reference = trained["segment_iou"][0]["mean"]
   assert min(s["mean"] for s in windowed["segment_iou"]) > reference - 0.1, (reference, windowed["segment_iou"])

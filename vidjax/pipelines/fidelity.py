@@ -96,7 +96,8 @@ def run_claim(pipe: VideoEditPipeline, claim: str, settings: FidelitySettings, *
 
   Returns:
     {claim, expected, x (the control's name), settings, points}: each point is {label, x (the value;
-    None for named variants), num_frames, metrics: {name: {mean, error, values}}}, error being
+    None for named variants), num_frames, seeds (its scenes: a long clip's differ where an object
+    leaves the view within it), metrics: {name: {mean, error, values}}}, error being
     z standard errors of the mean over scenes; temporal_window's points also carry segment_iou
     (the IoU per trained-length segment of the clip, the same statistics per segment).
   Raises:
@@ -161,7 +162,8 @@ def _point(pipe: VideoEditPipeline, label: str, x: Any, cases: list[toy_edit.Edi
       per_frame = np.nanmean(toy_edit.object_frame_ious(frames, case), axis=1)  # (T,)
       segments.append(per_frame.reshape(-1, segment).mean(axis=1))
   metrics = {name: _statistics([row[name] for row in rows], z) for name in METRICS}
-  point = {"label": label, "x": x, "num_frames": len(cases[0].source.disparity), "metrics": metrics}
+  point = {"label": label, "x": x, "num_frames": len(cases[0].source.disparity),
+           "seeds": [case.seed for case in cases], "metrics": metrics}
   if with_segments:
     point["segment_iou"] = [_statistics(column, z) for column in np.asarray(segments).T]
   return point
