@@ -25,7 +25,6 @@ FIDELITY_CHECKPOINT = os.path.join(os.path.dirname(CHECKPOINT), "toy_fidelity")
 
 __all__ = [
     "CHECKPOINT", "COLOURS", "FIDELITY_CHECKPOINT", "FAR", "FLOORS", "SHAPES", "TIMES_OF_DAY", "VOCAB_WORDS", "Scene",
-    "ToyClip",
-    "ToyObject", "build_tokenizer", "caption_for", "normalised_disparity", "paint", "recolour",
+    "ToyClip", "ToyObject", "build_tokenizer", "caption_for", "normalised_disparity", "paint", "recolour",
     "render_clip", "render_scene", "sample_scene", "save_tokenizer",
 ]
