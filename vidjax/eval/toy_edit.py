@@ -220,28 +220,31 @@ def segment(output: np.ndarray, case: EditCase) -> np.ndarray:
   return predicted
 
 
-def object_frame_ious(output: np.ndarray, case: EditCase) -> np.ndarray:
+def object_frame_ious(output: np.ndarray, case: EditCase, *, labels: np.ndarray | None = None) -> np.ndarray:
   """Per frame and object, the IoU of its `segment` pixels with its source mask: float64 (T, K).
 
   NaN where the object is neither visible nor predicted in that frame (nothing to find, nothing
-  found; cannot happen in `edit_cases`, whose objects show in every frame).
+  found; cannot happen in `edit_cases`, whose objects show in every frame). `labels`: the output's
+  `segment`, when the caller already has it (the segmentation is the metrics' costly part); here and
+  in `object_ious`, `silhouette_iou` and `colour_presence`.
   """
-  predicted = segment(output, case)[:, None]  # (T, 1, H, W)
+  predicted = (segment(output, case) if labels is None else labels)[:, None]  # (T, 1, H, W)
   found = predicted == np.arange(1, case.source.masks.shape[1] + 1)[None, :, None, None]
   intersection = (found & case.source.masks).sum(axis=(2, 3))
   union = (found | case.source.masks).sum(axis=(2, 3))
   return np.where(union > 0, intersection / np.maximum(union, 1), np.nan)
 
 
-def object_ious(output: np.ndarray, case: EditCase) -> np.ndarray:
+def object_ious(output: np.ndarray, case: EditCase, *, labels: np.ndarray | None = None) -> np.ndarray:
   """Per object, `object_frame_ious` averaged over the frames where it is defined: float64 (K,)
   (1.0 for an object never visible nor predicted)."""
-  ious = object_frame_ious(output, case)
+  ious = object_frame_ious(output, case, labels=labels)
   defined = ~np.isnan(ious)
   return np.where(defined.any(axis=0), np.nansum(ious, axis=0) / np.maximum(defined.sum(axis=0), 1), 1.0)
 
 
-def colour_presence(output: np.ndarray, case: EditCase, min_area: float = 0.5) -> np.ndarray:
+def colour_presence(output: np.ndarray, case: EditCase, min_area: float = 0.5, *,
+                    labels: np.ndarray | None = None) -> np.ndarray:
   """bool (K,): whether object k's prompt colour shows anywhere in the output over at least `min_area`
   of the object's own area (both averaged over the frames).
 
@@ -249,15 +252,15 @@ def colour_presence(output: np.ndarray, case: EditCase, min_area: float = 0.5) -
   render), wherever they are: prompt adherence without the silhouettes, the side of Gen-1's t_s
   trade-off that `colour_accuracy` (measured inside the source masks) cannot show once the shapes go.
   """
-  predicted = segment(output, case)
+  predicted = segment(output, case) if labels is None else labels
   areas = case.source.masks.sum(axis=(0, 2, 3))
   found = np.stack([(predicted == k + 1).sum() for k in range(len(areas))])
   return found >= min_area * areas
 
 
-def silhouette_iou(output: np.ndarray, case: EditCase) -> float:
+def silhouette_iou(output: np.ndarray, case: EditCase, *, labels: np.ndarray | None = None) -> float:
   """`object_ious` averaged over the objects (each object weighs the same, whatever its size)."""
-  return float(object_ious(output, case).mean())
+  return float(object_ious(output, case, labels=labels).mean())
 
 
 def predicted_colours(output: np.ndarray, case: EditCase) -> tuple[str, ...]:

@@ -6,8 +6,9 @@ known) and scores every point by the benchmark's metrics, per scene, so each poi
 and an error bar over scenes (the scenes are the seeds: scene, noise and colours all follow it):
 
   temporal_guidance   Gen-1 Fig. 4: omega_t (Eq. 8) against frame consistency.
-  structure_fidelity  Gen-1 Fig. 6 / 10: t_s against prompt adherence (colour accuracy) and agreement
-                      with the input's silhouettes (IoU); needs a checkpoint trained over t_s > 0
+  structure_fidelity  Gen-1 Fig. 6 / 10: t_s against prompt adherence (colour presence: the prompt's
+                      colours anywhere in the frame) and agreement with the input's silhouettes
+                      (IoU); needs a checkpoint trained over t_s > 0
                       ('depth_latent', configs/toy_fidelity.py).
   temporal_window     Make-Your-Video Fig. 6: clips `long_clip_factor` x the trained length, sampled
                       with the causal window L_M = the trained length, with full causal attention
@@ -90,6 +91,14 @@ def supported_claims(pipe: VideoEditPipeline) -> tuple[str, ...]:
   return tuple(name for name in CLAIMS if name in claims)
 
 
+def check_claim(pipe: VideoEditPipeline, claim: str) -> None:
+  """Raises InputError for an unknown claim, ConfigError when `pipe`'s checkpoint cannot show it."""
+  if claim not in CLAIMS:
+    raise InputError("claim", f"{claim!r} is not one of {CLAIMS}", f"pass one of {', '.join(CLAIMS)}")
+  if claim not in supported_claims(pipe):
+    raise ConfigError(f"claim {claim}", f"the checkpoint {pipe.model_dir.path} cannot show it", _NEEDS[claim])
+
+
 def run_claim(pipe: VideoEditPipeline, claim: str, settings: FidelitySettings, *,
               on_point: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
   """Sweeps one claim's control; returns its JSON-ready record.
@@ -104,11 +113,7 @@ def run_claim(pipe: VideoEditPipeline, claim: str, settings: FidelitySettings, *
     ConfigError when the checkpoint cannot show the claim (see `supported_claims`).
   """
   settings.check()
-  if claim not in CLAIMS:
-    raise InputError("claim", f"{claim!r} is not one of {CLAIMS}", f"pass one of {', '.join(CLAIMS)}")
-  if claim not in supported_claims(pipe):
-    raise ConfigError(f"claim {claim}", f"the checkpoint {pipe.model_dir.path} cannot show it",
-                      NEEDS[claim])
+  check_claim(pipe, claim)
   trained = pipe.trained_frames or 8
   guidance = (pipe.model_dir.sampling_defaults["guidance_scale"] if settings.guidance_scale is None
               else settings.guidance_scale)
@@ -143,7 +148,7 @@ def run_claim(pipe: VideoEditPipeline, claim: str, settings: FidelitySettings, *
 
 _X_NAMES = {"temporal_guidance": "temporal_guidance_scale", "structure_fidelity": "structure_fidelity",
             "temporal_window": "variant", "temporal_layers": "variant"}
-NEEDS = {"temporal_guidance": "use a checkpoint with temporal layers (the embedded toy checkpoint)",
+_NEEDS = {"temporal_guidance": "use a checkpoint with temporal layers (the embedded toy checkpoint)",
           "temporal_layers": "use a checkpoint with temporal layers (the embedded toy checkpoint)",
           "structure_fidelity": "use a checkpoint trained over t_s > 0 (vidjax/assets/toy_fidelity, or a run of "
                                 "configs/toy_fidelity.py exported by vidjax convert run)",
@@ -157,9 +162,10 @@ def _point(pipe: VideoEditPipeline, label: str, x: Any, cases: list[toy_edit.Edi
   for case in cases:
     frames = np.asarray(pipe(depth=case.source.disparity, prompt=case.target_caption, seed=case.seed,
                              num_frames=len(case.source.disparity), progress=False, **kwargs).frames)
-    rows.append(_scene_metrics(frames, case))
+    labels = toy_edit.segment(frames, case)  # once: every IoU and the presence read it
+    rows.append(_scene_metrics(frames, case, labels))
     if with_segments:
-      per_frame = np.nanmean(toy_edit.object_frame_ious(frames, case), axis=1)  # (T,)
+      per_frame = np.nanmean(toy_edit.object_frame_ious(frames, case, labels=labels), axis=1)  # (T,)
       segments.append(per_frame.reshape(-1, segment).mean(axis=1))
   metrics = {name: _statistics([row[name] for row in rows], z) for name in METRICS}
   point = {"label": label, "x": x, "num_frames": len(cases[0].source.disparity),
@@ -169,12 +175,12 @@ def _point(pipe: VideoEditPipeline, label: str, x: Any, cases: list[toy_edit.Edi
   return point
 
 
-def _scene_metrics(frames: np.ndarray, case: toy_edit.EditCase) -> dict[str, float]:
+def _scene_metrics(frames: np.ndarray, case: toy_edit.EditCase, labels: np.ndarray) -> dict[str, float]:
   """One scene's IoU, colour accuracy (the share of its objects in the prompt's colour, inside their
   silhouettes), colour presence (the same anywhere in the frame) and consistency."""
-  return {"iou": toy_edit.silhouette_iou(frames, case),
+  return {"iou": toy_edit.silhouette_iou(frames, case, labels=labels),
           "colour_accuracy": float(toy_edit.colour_accuracy(frames, case).mean()),
-          "colour_presence": float(toy_edit.colour_presence(frames, case).mean()),
+          "colour_presence": float(toy_edit.colour_presence(frames, case, labels=labels).mean()),
           "consistency": toy_edit.frame_consistency(frames, case)}
 
 

@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
   if claims is None:
     claims = fidelity.CLAIMS if args.checkpoint is None else fidelity.supported_claims(pipe_for(fidelity.CLAIMS[0]))
   for claim in claims:  # every checkpoint can show what is asked before anything runs
-    if claim not in fidelity.supported_claims(pipe_for(claim)):
-      raise InputError(f"--claims {claim}", f"the checkpoint {pipe_for(claim).model_dir.path} cannot show it",
-                       fidelity.NEEDS[claim])
+    fidelity.check_claim(pipe_for(claim), claim)
   records = {}
   for claim in claims:
     print(f"{claim}: {fidelity.EXPECTED[claim]}", flush=True)
