@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--steps", type=int, default=400)
   parser.add_argument("--num_clips", type=int, default=20)
   parser.add_argument("--lr", type=float, default=None)
+  parser.add_argument("--token_lr", type=float, default=finetune.FinetuneSettings.token_lr)
+  parser.add_argument("--lora_rank", type=int, default=finetune.FinetuneSettings.lora_rank,
+                      help="the adapters' rank; their alpha is set to it (scale alpha / rank = 1, as at rank 4)")
   parser.add_argument("--init_word", default="orange",
                       help="the token's row starts as this word's ('': the mean row); orange: the palette colour "
                       "nearest the concept in Lab (chosen from CONCEPT_RGB, not from the held-out edits)")
@@ -108,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
   for mode in args.modes.split(","):
     out = os.path.join(args.out_dir, mode)
     settings = finetune.FinetuneSettings(token=args.token, mode=mode, num_steps=args.steps, lr=args.lr,
-                                         init_word=args.init_word, prior_fraction=args.prior_fraction)
+                                         init_word=args.init_word, prior_fraction=args.prior_fraction,
+                                         token_lr=args.token_lr, lora_rank=args.lora_rank,
+                                         lora_alpha=float(args.lora_rank))
     info = finetune.finetune(settings, toyworld.CHECKPOINT, images, out).manifest
     report["results"][mode] = {"train_seconds": info["seconds"], "num_steps": args.steps,
-                               "lr": settings.learning_rate, "init_word": args.init_word,
+                               "lr": settings.learning_rate, "token_lr": settings.token_lr,
+                               "lora_rank": settings.lora_rank, "init_word": args.init_word,
                                "captions": args.captions, "prior_fraction": args.prior_fraction}
     checkpoints[mode] = out
   for name, path in checkpoints.items():

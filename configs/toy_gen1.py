@@ -52,9 +52,13 @@ def get_config() -> ml_collections.ConfigDict:
           num_hidden_layers=2, max_position_embeddings=24, hidden_act="gelu", projection_dim=64,
           eos_token_id=tokenizer.eos_token_id))))
 
+  # The image embedding becomes 8 context tokens (`encoder_hid_proj`, new, trained from scratch), read
+  # by the embedded checkpoint's own cross-attention keys and values, which learnt to bind colours
+  # to objects from text tokens: with one token every position reads the same value.
+  config.model.unet.image_context_tokens = 8
   # The whole UNet trains from the embedded checkpoint (its text tower is not part of this model).
   config.init_exclude = ()
-  config.init_surgery = ("change_context_width",)
+  config.init_surgery = ()
   config.train.trainable = ("unet/.*",)
   config.train.num_steps = 2500
   config.train.lr = 3e-4

@@ -45,6 +45,7 @@ def shared_video():
 # compiled each twice at once (about 180 s of CPU on 2 cores), so test_train_step.py (other programs)
 # runs beside the first and test_loop.py finds its programs in the persistent cache.
 HEAVIEST_FIRST = (
+    "tests/train/test_gen1_chain.py",  # Gen-1's four stages trained, exported and edited: about 4 min on 2 cores
     "tests/train/test_loop_processes.py",
     "tests/train/test_train_step.py",
     "tests/train/test_loop.py",

@@ -6,12 +6,15 @@ the tiny VAE encoder and CLIP vision tower, each compiled once per input shape.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from vidjax.convert import pretrained
+from vidjax.errors import ConfigError
 from vidjax.models.clip import CLIPVisionConfig, preprocess_levels
 from vidjax.models.unet import UNetConfig
 from vidjax.models.vae import VAEConfig
@@ -141,3 +144,15 @@ def test_the_frame_is_random_per_clip_and_fixed_by_the_key(embedded):
   assert all(len(set(row)) > 1 for row in picks)  # one key picks different frames for different clips
   assert len({tuple(row) for row in picks}) > 1  # another key, other frames
   assert set(picks.ravel()) == set(range(FRAMES))  # every frame can be picked, the first and the last too
+
+
+def test_image_context_tokens_are_refused_for_a_text_model(gen1):
+  model, _ = gen1
+  unet = dataclasses.replace(model.config.unet, in_channels=LATENT + 1, image_context_tokens=4)
+  text = pretrained.CONFIG_CLASSES["CLIPTextConfig"](hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                                     num_hidden_layers=1, projection_dim=WIDTH)
+  with pytest.raises(ConfigError, match="image_context_tokens"):
+    ModelConfig(unet=unet, vae=model.config.vae, text_encoder=text, null_tokens=(0, 1))
+  image = ModelConfig(unet=dataclasses.replace(unet, in_channels=2 * LATENT + 4), vae=model.config.vae,
+                      image_encoder=model.config.image_encoder, structure="depth_latent", content="image")
+  assert image.unet.image_context_tokens == 4

@@ -97,7 +97,6 @@ def chain(tmp_path_factory, loop_base):
   return {"runs": runs, "configs": configs, "samples": samples, "exported": exported}
 
 
-@pytest.mark.slow
 def test_each_stage_writes_a_checkpoint_and_a_sample_summary(chain):
   for stage in (1, 2, 3, 4):
     with Checkpointer(f"{chain['runs'][stage]}/checkpoints", async_save=False) as checkpointer:
@@ -110,7 +109,6 @@ def test_each_stage_writes_a_checkpoint_and_a_sample_summary(chain):
     assert video.dtype == np.uint8
 
 
-@pytest.mark.slow
 def test_surgery_keeps_what_it_should_and_inits_what_it_adds(chain):
   runs, configs = chain["runs"], chain["configs"]
   weights = {stage: surgery.load_weights(runs[stage]) for stage in (0, 1, 2, 3, 4)}
@@ -146,7 +144,6 @@ def test_surgery_keeps_what_it_should_and_inits_what_it_adds(chain):
   assert not np.array_equal(weights[4]["unet"]["conv_in"]["kernel"], weights[3]["unet"]["conv_in"]["kernel"])
 
 
-@pytest.mark.slow
 def test_the_exported_stage4_run_edits_with_a_reference_image(chain, tmp_path, monkeypatch):
   """The reference image's CLIP embedding is the context the sampler gets, and it moves the latents.
 

@@ -44,6 +44,12 @@ class UNetConfig:
   attention_levels: tuple[bool, ...] = (True, True, True, False)  # CrossAttn blocks per level
   num_attention_heads: tuple[int, ...] = (5, 10, 20, 20)  # per level (diffusers' `attention_head_dim` for SD-2)
   cross_attention_dim: int = 1024
+  # 0: the context goes to cross-attention as given (text tokens, or Gen-1's one image-embedding token,
+  # where softmax over a single key makes every position read the same value). K > 0: the context is
+  # one image embedding (B, 1, cross_attention_dim), expanded to K tokens first by `encoder_hid_proj`
+  # (diffusers' ImageProjection, as IP-Adapter and Kandinsky: Linear to K * D, then LayerNorm), so
+  # positions can attend to different tokens.
+  image_context_tokens: int = 0
   transformer_depth: int = 1
   norm_num_groups: int = 32
   norm_eps: float = 1e-5
@@ -82,8 +88,12 @@ class UNetConfig:
     levels = len(config["block_out_channels"])
     heads = config.get("num_attention_heads") or config.get("attention_head_dim", 8)
     heads = tuple(heads) if isinstance(heads, (list, tuple)) else (heads,) * levels
-    unsupported = {k: config.get(k) for k in ("class_embed_type", "addition_embed_type", "encoder_hid_dim")
-                   if config.get(k) is not None}
+    unsupported = {k: config.get(k) for k in ("class_embed_type", "addition_embed_type") if config.get(k) is not None}
+    if config.get("encoder_hid_dim_type") not in (None, "image_proj") or config.get("encoder_hid_dim") not in (
+        None, config["cross_attention_dim"]):
+      unsupported.update({k: config.get(k) for k in ("encoder_hid_dim_type", "encoder_hid_dim")})
+    if config.get("encoder_hid_dim_type") == "image_proj":
+      overrides = {"image_context_tokens": 32, **overrides}  # diffusers builds ImageProjection with its default 32
     unsupported.update({k: config[k] for k in ("resnet_time_scale_shift",) if config.get(k, "default") != "default"})
     if unsupported or config.get("transformer_layers_per_block", 1) not in (1, [1] * levels):
       raise ConfigError("UNet config.json", f"unsupported settings {unsupported or 'transformer_layers_per_block'}",
@@ -206,7 +216,8 @@ class VideoUNet(nn.Module):
     Args:
       latents: (B, T, h, w, C) noisy latents.
       timesteps: (B,) or () diffusion timesteps.
-      context: (B, L, D) content tokens (text tokens, or one CLIP image embedding with L = 1).
+      context: (B, L, D) content tokens (text tokens, or one CLIP image embedding with L = 1, which
+        `image_context_tokens` > 0 expands to (B, K, D)).
       structure: (B, T, h, w, Cs) channels concatenated to the latents, or None.
       video_gate: (B,) 1 = video mode, 0 = image mode per sample (temporal guidance in one call).
       temporal_window: causal receptive field L_M of temporal attention (needs temporal_causal).
@@ -227,6 +238,8 @@ class VideoUNet(nn.Module):
                                      downscale_freq_shift=c.freq_shift)
     temb = layers.TimestepMLP(4 * c.block_out_channels[0], name="time_embedding", **kw)(temb.astype(kw["dtype"]))
     context = context.astype(kw["dtype"])
+    if c.image_context_tokens:
+      context = ImageProjection(c.image_context_tokens, name="encoder_hid_proj", **kw)(context)
 
     x = _constrain(x.astype(kw["dtype"]))
     x = layers.per_frame(_conv_in, self, x)
@@ -245,6 +258,24 @@ class VideoUNet(nn.Module):
       x = _maybe_remat(UpBlock, c.remat)(c, level, name=f"up_blocks_{i}")(
           x, level_skips, temb, context, temporal, upsample_like)
     return layers.per_frame(_conv_out, self, x).astype(jnp.float32)
+
+
+class ImageProjection(nn.Module):
+  """(B, 1, D) image embedding -> (B, K, D) context tokens: diffusers' ImageProjection, its names."""
+
+  num_tokens: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, context: jax.Array) -> jax.Array:
+    if context.ndim != 3 or context.shape[1] != 1:
+      raise ConfigError("UNet context", f"shape {context.shape}, but image_context_tokens expands one image "
+                        "embedding", "pass (B, 1, D) image embeddings, or set image_context_tokens = 0")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    b, _, d = context.shape
+    tokens = layers.dense(self.num_tokens * d, name="image_embeds", **kw)(context[:, 0]).reshape(b, self.num_tokens, d)
+    return layers.layer_norm(name="norm", **kw)(tokens)
 
 
 # VideoUNet's per-frame stem and head on (N, h, w, C) images, building its layers inline.

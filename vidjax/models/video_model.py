@@ -12,7 +12,8 @@ Training, editing and evaluation all go through this class, so each conditioning
                            as Gen-1 (in_channels = 2 * latent + 4);
   structure 'none'         no structure input;
   content 'text'           caption token ids -> CLIP text tower -> (B, L, D) tokens;
-  content 'image'          a CLIP image embedding (B, D) -> one (B, 1, D) token (Gen-1); in training
+  content 'image'          a CLIP image embedding (B, D) -> one (B, 1, D) token (Gen-1), which the
+                           UNet expands to K tokens when `unet.image_context_tokens` = K > 0; in training
                            the frozen CLIP vision tower embeds a random frame of each clip, preprocessed
                            as the pipeline's content image (`clip.preprocess_levels`).
 Params are one dict {'unet': ..., 'vae': ..., 'text_encoder': ...}; which parts train is the
@@ -78,6 +79,9 @@ class ModelConfig:
                                     or self.image_encoder.projection_dim != self.unet.cross_attention_dim):
       raise ConfigError("ModelConfig", "content 'image' needs an image_encoder projecting to cross_attention_dim",
                         "give the CLIP vision tower's config with projection_dim = unet.cross_attention_dim")
+    if self.content == "text" and self.unet.image_context_tokens:
+      raise ConfigError("ModelConfig.unet.image_context_tokens", "expands an image embedding, but content is 'text'",
+                        "set unet.image_context_tokens = 0 for a text-conditioned model")
 
   @property
   def size_multiple(self) -> int:
