@@ -11,7 +11,8 @@
    sunset") as <stem>.txt; --no-captions leaves finetune's caption_template ("a sks"). The token's row
    starts as --init_word's (default orange, the palette colour nearest CONCEPT_RGB).
 2. `vidjax.pipelines.finetune.finetune` on the embedded toy checkpoint, per --modes.
-3. Held-out edits: `vidjax.eval.toy_edit.edit_cases` (seeds from 1,000,000), depth kept, prompt = the
+3. Held-out edits: `vidjax.eval.toy_edit.edit_cases` (seeds from 1,000,000, the benchmark's; --first_seed
+   500000 gives validation scenes to choose settings on), depth kept, prompt = the
    scene's caption with every object's colour word replaced by the token ("a sks cube and a sks cone on
    ..."), 25 DDIM steps at the checkpoint's guidance, seed = the clip's seed. Each object's mean output
    colour (eroded mask, all frames) is named by the nearest of 11 references in CIE Lab: the 10 palette
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--num_images", type=int, default=20)
   parser.add_argument("--steps", type=int, default=400)
   parser.add_argument("--num_clips", type=int, default=20)
+  parser.add_argument("--first_seed", type=int, default=1_000_000,
+                      help="held-out scenes from this seed on (default: the benchmark's); e.g. 500000 to choose "
+                           "settings on validation scenes, not on the benchmark")
   parser.add_argument("--lr", type=float, default=None)
   parser.add_argument("--token_lr", type=float, default=finetune.FinetuneSettings.token_lr)
   parser.add_argument("--lora_rank", type=int, default=finetune.FinetuneSettings.lora_rank,
@@ -103,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   images = os.path.join(args.out_dir, "subject")
   write_subject_folder(images, args.token, args.num_images, captions=args.captions)
-  cases = toy_edit.edit_cases(args.num_clips)
+  cases = toy_edit.edit_cases(args.num_clips, first_seed=args.first_seed)
   report = {"concept_rgb": CONCEPT_RGB, "num_images": args.num_images, "num_clips": args.num_clips,
+            "first_seed": args.first_seed,
             "num_objects": sum(c.source.masks.shape[1] for c in cases), "results": {}}
   videos = {}
   checkpoints = {} if args.skip_base else {"base": toyworld.CHECKPOINT}

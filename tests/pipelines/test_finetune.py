@@ -102,9 +102,9 @@ def test_lora_leaves_the_base_bitwise_unchanged_and_its_file_is_small(run, base_
   numbers = sum(v.size for ab in adapters.values() for v in ab.values())
   unet_numbers = sum(v.size for v in tree.flatten(base_model.params["unet"]).values())
   assert numbers < unet_numbers / 5  # rank 3 on 16-wide kernels: the adapters only, not the UNet
-  # float32 adapters plus the header naming each kernel path: a fraction of the base UNet's file
+  # float16 adapters plus the header naming each kernel path: a fraction of the base UNet's file
   size = os.path.getsize(os.path.join(run["out"], "lora.safetensors"))
-  assert 4 * numbers < size < os.path.getsize(os.path.join(run["base"], "unet.safetensors")) / 2
+  assert 2 * numbers < size < 4 * numbers + 64 * len(adapters) + 4096 and size < os.path.getsize(os.path.join(run["base"], "unet.safetensors")) / 2
 
 
 def test_lora_loaded_onto_the_base_is_the_model_as_trained(run, base_model, loaded):
@@ -144,7 +144,8 @@ def test_finetuning_moves_the_denoiser_toward_the_subject(run):
   Slow (35 s: eager losses of two models) and a strict xfail: the customization does not work yet. Measured
   on the toy world (benchmarks/finetune_toy.py, brown, 20 images, 400 steps, 33 held-out objects): base 0 %,
   LoRA 18.2 %, full 21.2 % of the objects in the new colour with captions "a sks" and the mean row; LoRA
-  63.6 % with the scenes' captions naming the token and the row started as 'orange' (README); target >= 70 %.
+  63.6 % with the scenes' captions naming the token and the row started as 'orange'; at rank 32 and token lr
+  1e-2 (the defaults since) 78.9 % on validation scenes, 60.6 % on the benchmark (README); target >= 70 %.
   """
   base, trained = load_model_dir(run["base"]), run["result"]
   subject = finetune.read_subject_images(run["images"], (tiny_model_dir.SIZE,) * 2, SETTINGS)

@@ -94,10 +94,11 @@ class FinetuneSettings:
   num_steps: int = 400
   batch_size: int = 4
   lr: float | None = None  # None: 1e-3 for LoRA, 1e-4 for full fine-tuning (`learning_rate`)
-  token_lr: float = 5e-3
+  token_lr: float = 1e-2
   warmup_steps: int = 20
-  lora_rank: int = 4
-  lora_alpha: float = 4.0  # the adapters' scale is alpha / rank
+  # Chosen on validation scenes (benchmarks/finetune_toy.py --first_seed 500000; README "Customization").
+  lora_rank: int = 32
+  lora_alpha: float = 32.0  # the adapters' scale is alpha / rank
   lora_pattern: str = lora.SPATIAL_ATTENTION
   caption_template: str = "a {token}"
   init_word: str = ""  # the new row starts as this word's row; '' = the mean of the vocabulary

@@ -1,0 +1,96 @@
+"""How much of each object's colour a toy CLIP image embedding carries: an MLP probe on held-out scenes.
+
+  python benchmarks/toy_clip_probe.py runs/toy_gen1/clip_stage/checkpoints
+
+Image prompting can only recolour an object as well as the content embedding says which colour it
+has. This reads that ceiling: each toy scene's first 64x64 frame goes through the CLIP vision tower of
+a `vidjax train` CLIP stage (its saved config gives the tower); one row per object holds the
+(D,) embedding and the object's shape as one-hot; an MLP (one hidden layer of 256, Adam, weight
+decay) is trained to name the object's colour among the 10 palette colours on --train_scenes scenes
+(seeds from 2,000,000) and scored on --test_scenes others (seeds from 2,100,000), outside the CLIP's
+training seeds and the recolouring benchmark's. Chance is 10 %; two objects of one shape in a scene
+make a row ambiguous, which caps the figure a little below 100 %. Prints train and held-out accuracy
+every 1000 steps; the held-out figure at its best step is the ceiling quoted in configs/toy_gen1.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vidjax import toyworld
+from vidjax.eval import toy_edit
+from vidjax.models.clip import CLIPVisionConfig, encode_image, preprocess_images
+from vidjax.train.checkpoint import Checkpointer, load_params
+
+
+def probe_rows(config: CLIPVisionConfig, params, seeds: range) -> tuple[np.ndarray, np.ndarray]:
+  """(rows (N, D + shapes) float32, colour indices (N,)) for every object of the scenes `seeds`."""
+  embed = jax.jit(lambda pixels: encode_image(config, params, pixels)["image_embeds"])
+  features, colours = [], []
+  for start in range(seeds.start, seeds.stop, 256):
+    scenes = [toyworld.sample_scene(s) for s in range(start, min(start + 256, seeds.stop))]
+    frames = np.stack([toyworld.render_clip(s.seed, 1, 64, 64, scene=s).rgb[0] for s in scenes])
+    embeds = np.asarray(embed(preprocess_images(frames, config.image_size)))
+    for scene, e in zip(scenes, embeds):
+      for obj in scene.objects:
+        features.append(np.concatenate([e, np.eye(len(toyworld.SHAPES))[toyworld.SHAPES.index(obj.shape)]]))
+        colours.append(list(toy_edit.PALETTE).index(obj.colour))
+  return np.asarray(features, np.float32), np.asarray(colours)
+
+
+def train_probe(x_train, y_train, x_test, y_test, steps: int = 3000, seed: int = 0) -> list[tuple[int, float, float]]:
+  """[(step, train accuracy, held-out accuracy)] every 1000 steps of the MLP probe."""
+  mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+  x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  d = x_train.shape[1]
+  params = {"w1": jax.random.normal(k1, (d, 256)) / np.sqrt(d), "b1": jnp.zeros(256),
+            "w2": jax.random.normal(k2, (256, 10)) / 16, "b2": jnp.zeros(10)}
+  logits = lambda p, x: jax.nn.gelu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+  loss = lambda p, x, y: (optax.softmax_cross_entropy_with_integer_labels(logits(p, x), y).mean()
+                          + 1e-4 * sum(jnp.sum(v ** 2) for v in jax.tree.leaves(p)))
+  optimiser = optax.adam(1e-3)
+  state = optimiser.init(params)
+
+  @jax.jit
+  def step(p, s, x, y):
+    updates, s = optimiser.update(jax.grad(loss)(p, x, y), s)
+    return optax.apply_updates(p, updates), s
+
+  accuracy = lambda p, x, y: float((logits(p, x).argmax(1) == y).mean())
+  rng, history = np.random.default_rng(seed), []
+  for i in range(1, steps + 1):
+    batch = rng.integers(0, len(x_train), 256)
+    params, state = step(params, state, x_train[batch], y_train[batch])
+    if i % 1000 == 0:
+      history.append((i, accuracy(params, x_train, y_train), accuracy(params, x_test, y_test)))
+  return history
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("clip_checkpoints", help="a CLIP stage's checkpoint folder (<workdir>/clip_stage/checkpoints)")
+  parser.add_argument("--train_scenes", type=int, default=4000)
+  parser.add_argument("--test_scenes", type=int, default=500)
+  args = parser.parse_args(argv)
+  with Checkpointer(args.clip_checkpoints, async_save=False) as checkpointer:
+    saved = ml_collections.ConfigDict(checkpointer.saved_config(checkpointer.latest_step()))
+  config = CLIPVisionConfig(**saved.model.image_encoder.to_dict())
+  params = load_params(args.clip_checkpoints)["image_encoder"]
+  x_train, y_train = probe_rows(config, params, range(2_000_000, 2_000_000 + args.train_scenes))
+  x_test, y_test = probe_rows(config, params, range(2_100_000, 2_100_000 + args.test_scenes))
+  print(f"{len(x_train)} training objects, {len(x_test)} held-out objects (chance 10 %)")
+  for step, train, test in train_probe(x_train, y_train, x_test, y_test):
+    print(f"step {step}: train {100 * train:.1f} %, held-out {100 * test:.1f} %")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
