@@ -10,8 +10,9 @@ decay) is trained to name the object's colour among the 10 palette colours on --
 (seeds from 2,000,000) and scored on --test_scenes others (seeds from 2,100,000), outside the CLIP's
 training seeds and the recolouring benchmark's. Chance is 10 %; two objects of one shape in a scene
 make their rows ambiguous (30 % of the held-out objects; a perfect reader of the embedding would score
-about 85 %), so the figure is also given over the objects whose shape is unique in their scene. Prints train and held-out accuracy
-every 1000 steps; the held-out figure at its best step is the ceiling quoted in configs/toy_gen1.py.
+about 85 %), so the figure is also given over the objects whose shape is unique in their scene.
+Prints train and held-out accuracy every 1000 steps; the held-out figure at its best step is the
+ceiling quoted in configs/toy_gen1.py.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
   print(f"{len(x_train)} training objects, {len(x_test)} held-out objects, {unique.sum()} of them the only one of "
         "their shape in their scene (chance 10 %)")
   for step, train, test, test_unique in train_probe(x_train, y_train, x_test, y_test, unique):
-    print(f"step {step}: train {100 * train:.1f} %, held-out {100 * test:.1f} % (shape unique {100 * test_unique:.1f} %)")
+    print(f"step {step}: train {100 * train:.1f} %, held-out {100 * test:.1f} % "
+          f"(shape unique {100 * test_unique:.1f} %)")
   return 0
 
 

@@ -31,11 +31,13 @@ Tried since (2026-12-04, the same 2-core Zen 3), each worse or no better, so thi
   (caption -> frame 88.5 %): IoU 0.389, colour 42.4 % (14/33) at step 2500; through a retrained prior
   (cosine 0.912 vs the text's 0.883) 0.361 and 33.3 %. One token is degenerate attention (softmax over
   one key gives every position the same value), yet more tokens did not help: the content is the limit.
-- The content: an MLP probe (4000 training scenes, 500 held out) reads an object's colour, given its
-  shape, from its frame's toy CLIP embedding for only 54 % of held-out objects, about the edit
-  model's figure; NegCLIP-style hard negatives in the CLIP stage (each caption's colour words
-  replaced or rotated among its objects) left it at 54 % (retrieval 85.0 %). The next thing to try is
-  a vision tower that keeps the colours: its patch tokens, or more width at a finer patch.
+- The content: `python benchmarks/toy_clip_probe.py runs/toy_gen1/clip_stage/checkpoints` (an MLP
+  probe, 4000 training scenes, 500 held out) reads an object's colour, given its shape, from its
+  frame's toy CLIP embedding for only 54 % of held-out objects (61 % where the shape is unique in the
+  scene), about the edit model's figure. Neither NegCLIP-style hard negatives in the CLIP stage (each
+  caption's colour words replaced or rotated among its objects: 54 %, retrieval 85.0 %) nor a
+  twice-wider vision tower (`--config.model.image_encoder.hidden_size=128`, intermediate 512: 54.5 %,
+  retrieval 93.5 %) raised it. The next thing to try is a content objective that needs the binding.
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ the same function at inference. A kernel W (in, out) gets A (in, r) and B (r, ou
 so a fresh adapter leaves the model's outputs exactly unchanged.
 
 On disk (`save` / `load`): one safetensors file whose keys are '<'/'-joined kernel path>/lora_a' and
-'.../lora_b' (stored in float16, as LoRA files usually are: half the size, and the rounding moves the
-merged kernels by about 1e-3 of the adapters' own change; `load` returns float32), with metadata
-{'format': 'vidjax-lora', 'rank', 'alpha'}. For the toy UNet on the spatial attention projections this
-is about 18 kB per unit of rank: 580 kB at `vidjax finetune`'s default rank 32.
+'.../lora_b' (stored in float16, as LoRA files usually are: half the size, each number rounded by at
+most 2^-11 of itself; `load` returns float32), with metadata {'format': 'vidjax-lora', 'rank', 'alpha'}.
+For the toy UNet on the spatial attention projections this is about 18 kB per unit of rank: 589 kB at
+`vidjax finetune`'s default rank 32.
 """
 
 from __future__ import annotations
