@@ -1,18 +1,19 @@
-"""How much of each object's colour a toy CLIP image embedding carries: an MLP probe on held-out scenes.
+"""Whether a toy CLIP image embedding says which object has which colour: two held-out figures.
 
   python benchmarks/toy_clip_probe.py runs/toy_gen1/clip_stage/checkpoints
 
-Image prompting can only recolour an object as well as the content embedding says which colour it
-has. This reads that ceiling: each toy scene's first 64x64 frame goes through the CLIP vision tower of
-a `vidjax train` CLIP stage (its saved config gives the tower); one row per object holds the
-(D,) embedding and the object's shape as one-hot; an MLP (one hidden layer of 256, Adam, weight
-decay) is trained to name the object's colour among the 10 palette colours on --train_scenes scenes
-(seeds from 2,000,000) and scored on --test_scenes others (seeds from 2,100,000), outside the CLIP's
-training seeds and the recolouring benchmark's. Chance is 10 %; two objects of one shape in a scene
-make their rows ambiguous (30 % of the held-out objects; a perfect reader of the embedding would score
-about 85 %), so the figure is also given over the objects whose shape is unique in their scene.
-Prints train and held-out accuracy every 1000 steps; the held-out figure at its best step is the
-ceiling quoted in configs/toy_gen1.py.
+1. The swap test (binding, read by the CLIP's own text tower): on held-out scenes whose first two
+   objects differ in colour, how often the frame's embedding scores its true caption above the
+   caption with those two colours swapped (chance 50 %; a bag of colours cannot tell them apart).
+2. The probe: an MLP (one hidden layer of 256, Adam, weight decay) names an object's colour among
+   the 10 palette colours from its frame's (D,) embedding and its shape (one-hot), trained on
+   --train_scenes scenes (seeds from 2,000,000), scored on --test_scenes others (seeds from
+   2,100,000). Two objects of one shape in a scene make their rows ambiguous (30 % of the held-out
+   objects), so the figure is also given over the objects whose shape is unique in their scene.
+Each scene's first 64x64 frame goes through the vision tower of a `vidjax train` CLIP stage (its saved
+config gives the towers); the seeds are outside the CLIP's training seeds and the recolouring
+benchmark's. Image prompting can recolour an object only as well as its content embedding says which
+colour the object has; configs/toy_gen1.py quotes the figures.
 """
 
 from __future__ import annotations
@@ -28,8 +29,30 @@ import optax
 
 from vidjax import toyworld
 from vidjax.eval import toy_edit
+from vidjax.conditioning.tokens import tokenize
 from vidjax.models.clip import CLIPVisionConfig, encode_image, preprocess_images
+from vidjax.train import clip_stage
 from vidjax.train.checkpoint import Checkpointer, load_params
+
+
+def swap_test(config: ml_collections.ConfigDict, params, seeds: range) -> tuple[int, int]:
+  """(scenes whose true caption beats its colour-swapped twin, scenes tested) over `seeds`."""
+  towers = clip_stage.Towers(config)
+  embed_text, embed_pixels = jax.jit(towers.embed_text), jax.jit(towers.embed_pixels)
+  wins = tested = 0
+  for seed in seeds:
+    scene = toyworld.sample_scene(seed)
+    colours = [o.colour for o in scene.objects]
+    if len(colours) < 2 or colours[0] == colours[1]:
+      continue
+    captions = [toyworld.caption_for(scene),
+                toyworld.caption_for(toyworld.recolour(scene, [colours[1], colours[0]] + colours[2:]))]
+    frame = toyworld.render_clip(seed, 1, 64, 64, scene=scene).rgb[0]
+    image = np.asarray(embed_pixels(params, preprocess_images(frame[None], towers.image_config.image_size)))[0]
+    tokens = tokenize(captions, config.data.tokenizer_dir, config.data.max_caption_tokens)
+    scores = np.asarray(embed_text(params, jnp.asarray(tokens))) @ image
+    wins, tested = wins + int(scores[0] > scores[1]), tested + 1
+  return wins, tested
 
 
 def probe_rows(config: CLIPVisionConfig, params, seeds: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
   with Checkpointer(args.clip_checkpoints, async_save=False) as checkpointer:
     saved = ml_collections.ConfigDict(checkpointer.saved_config(checkpointer.latest_step()))
   config = CLIPVisionConfig(**saved.model.image_encoder.to_dict())
-  params = load_params(args.clip_checkpoints)["image_encoder"]
+  everything = load_params(args.clip_checkpoints)
+  wins, tested = swap_test(saved, everything, range(2_100_000, 2_100_000 + args.test_scenes))
+  print(f"swap test: the true caption above its colour-swapped twin for {wins}/{tested} = {100 * wins / tested:.1f} % "
+        "of held-out scenes (chance 50 %)")
+  params = everything["image_encoder"]
   x_train, y_train, _ = probe_rows(config, params, range(2_000_000, 2_000_000 + args.train_scenes))
   x_test, y_test, unique = probe_rows(config, params, range(2_100_000, 2_100_000 + args.test_scenes))
   print(f"{len(x_train)} training objects, {len(x_test)} held-out objects, {unique.sum()} of them the only one of "

@@ -80,3 +80,39 @@ def test_run_stage_writes_the_held_out_retrieval_figure(runs, capsys):
   assert report["num_scenes"] == 5 and report["chance"] == 0.2 and report["first_seed"] == 500_000
   assert 0.0 <= report["caption_to_frame_top1"] <= 1.0 and 0.0 <= report["frame_to_caption_top1"] <= 1.0
   assert "held-out retrieval over 5 toy scenes" in capsys.readouterr().out
+
+
+def test_colour_negatives_replace_one_colour_and_rotate_the_colours_among_the_objects():
+  colours = jnp.arange(11, 21)  # the colour words' ids
+  tokens = jnp.array([[1, 4, 11, 22, 6, 4, 13, 21, 2, 0],   # two objects, red and blue
+                      [1, 4, 12, 22, 2, 0, 0, 0, 0, 0],     # one object
+                      [1, 4, 12, 22, 6, 4, 12, 21, 2, 0],   # two objects of one colour
+                      [1, 4, 7, 22, 2, 0, 0, 0, 0, 0]])     # no colour word
+  for seed in range(5):
+    negatives, valid = clip_stage.colour_negatives(tokens, colours, jax.random.key(seed))
+    negatives, valid = np.asarray(negatives), np.asarray(valid)
+    is_colour = np.isin(np.asarray(tokens), np.asarray(colours))
+    replaced, rotated = negatives[:, 0], negatives[:, 1]
+    # Negative 0: exactly one colour word changed, to another colour word; nothing else moves.
+    changed = replaced != np.asarray(tokens)
+    assert list(changed.sum(1)) == [1, 1, 1, 0] and np.all(is_colour[changed])
+    assert np.all(np.isin(replaced[changed], np.asarray(colours)))
+    # Negative 1: the colours trade places (red cube, blue sphere -> blue cube, red sphere).
+    np.testing.assert_array_equal(rotated[0], [1, 4, 13, 22, 6, 4, 11, 21, 2, 0])
+    np.testing.assert_array_equal(rotated[1:], np.asarray(tokens)[1:])
+    # A negative counts only where it differs from its caption.
+    np.testing.assert_array_equal(valid, [[True, True], [True, False], [True, False], [False, False]])
+
+
+def test_colour_negatives_enter_the_image_to_caption_loss(runs):
+  """The same batch, params and key: the negatives add captions to tell each frame's apart from."""
+  config = runs["config"]
+  loader = Loader(main.with_values(config, {"data.shuffle": False}).data)
+  batch = next(loader)
+  loader.close()
+  tokens, frames = jnp.asarray(batch["tokens"]), jnp.asarray(batch["frames"])
+  ids = clip_stage.colour_token_ids(config)
+  assert len(ids) == 10 and np.isin(np.asarray(tokens), ids).any()
+  with_negatives, _ = clip_stage.Towers(config, ids).loss(runs["straight"], tokens, frames, jax.random.key(0))
+  plain, _ = clip_stage.Towers(config).loss(runs["straight"], tokens, frames, jax.random.key(0))
+  assert float(with_negatives) > float(plain) + 1e-3
