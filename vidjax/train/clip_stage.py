@@ -16,6 +16,11 @@ changes it). Plain contrastive captions are told apart by the set of colours a f
 which object holds which: on 329 held-out toy scenes with two differently coloured objects, the
 toy CLIP scores the true caption above its colour-swapped twin for 60.5 % (chance 50 %); with the
 negatives 72.9 % (`benchmarks/toy_clip_probe.py`).
+
+The towers' configs are `clip_stage.text_encoder` (with a `projection_dim`) and `model.image_encoder`
+(the main stage's frozen content encoder); params land in `<workdir>/clip_stage/checkpoints`
+({'text_encoder', 'image_encoder', 'logit_scale'}), which the main stage reads through `init_from`
+(a component the model lacks is ignored). The stage resumes like the main stage (`pair_stage`).
 """
 
 from __future__ import annotations
@@ -134,7 +139,7 @@ def train_clip(config: ml_collections.ConfigDict, workdir: str) -> str:
 def colour_token_ids(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   """The toy colour words' token ids (each one token of the toy tokenizer)."""
   ids = tokenize(list(toyworld.COLOURS), config.data.tokenizer_dir, config.data.max_caption_tokens)
-  if np.any(ids[:, 3:] != ids[0, 3:]):  # [bos, word, eos, pad...]: a word that splits has a 4th token
+  if np.any(ids[:, 3:] != ids[0, -1]):  # [bos, word, eos, pad...]: a word that splits has no pad at 3
     raise ConfigError("clip_stage.colour_negatives", "a colour word is not one token of the tokenizer",
                       "use the toy tokenizer, or turn colour_negatives off")
   return tuple(int(i) for i in ids[:, 1])
