@@ -94,9 +94,10 @@ class FinetuneSettings:
   num_steps: int = 400
   batch_size: int = 4
   lr: float | None = None  # None: 1e-3 for LoRA, 1e-4 for full fine-tuning (`learning_rate`)
+  # token_lr and lora_rank / lora_alpha: chosen on validation scenes (benchmarks/finetune_toy.py
+  # --first_seed 500000; README "Customization").
   token_lr: float = 1e-2
   warmup_steps: int = 20
-  # Chosen on validation scenes (benchmarks/finetune_toy.py --first_seed 500000; README "Customization").
   lora_rank: int = 32
   lora_alpha: float = 32.0  # the adapters' scale is alpha / rank
   lora_pattern: str = lora.SPATIAL_ATTENTION
