@@ -6,7 +6,7 @@
 The prior stage only (`train.num_steps` 0: no main stage, no final edit): a DALL-E 2 diffusion prior
 (`vidjax.models.prior`, 4 blocks of width 128) trained on the frozen toy CLIP of
 `prior_stage.clip_from` (runs/toy_gen1's CLIP stage; its towers are configs/toy_gen1.py's), on the
-same 2048 toy clips: captions -> the CLIP image embedding of a random frame. Then the held-out
+same 16384 toy clips: captions -> the CLIP image embedding of a random frame. Then the held-out
 figure on 200 toy scenes outside the training seeds, printed and in
 <workdir>/prior_stage/prior_eval.json: the mean cosine of the prior's samples with each scene's true
 image embedding (its middle frame's), against the mean cosine of the caption's text embedding with it.

@@ -22,9 +22,12 @@ CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 # Its Gen-1-style sibling ('depth_latent' structure, trained over t_s 0..7, configs/toy_fidelity.py):
 # the checkpoint of `vidjax fidelity`'s structure-fidelity curve.
 FIDELITY_CHECKPOINT = os.path.join(os.path.dirname(CHECKPOINT), "toy_fidelity")
+# Its Gen-1 content sibling (CLIP image embeddings from a toy CLIP, with a text -> image-embedding
+# prior, configs/toy_gen1.py): image prompting and the prior on the toy world.
+GEN1_CHECKPOINT = os.path.join(os.path.dirname(CHECKPOINT), "toy_gen1")
 
 __all__ = [
-    "CHECKPOINT", "COLOURS", "FIDELITY_CHECKPOINT", "FAR", "FLOORS", "SHAPES", "TIMES_OF_DAY", "VOCAB_WORDS", "Scene",
-    "ToyClip", "ToyObject", "build_tokenizer", "caption_for", "normalised_disparity", "paint", "recolour",
+    "CHECKPOINT", "COLOURS", "FIDELITY_CHECKPOINT", "FAR", "FLOORS", "GEN1_CHECKPOINT", "SHAPES", "TIMES_OF_DAY",
+    "VOCAB_WORDS", "Scene", "ToyClip", "ToyObject", "build_tokenizer", "caption_for", "normalised_disparity", "paint", "recolour",
     "render_clip", "render_scene", "sample_scene", "save_tokenizer",
 ]
