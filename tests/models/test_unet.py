@@ -16,6 +16,7 @@ import torch_oracle
 from vidjax.convert import common
 from vidjax.convert.diffusers_unet import convert_unet
 from vidjax.errors import ConfigError
+from vidjax.models import layers
 from vidjax.models.attention import Attention
 from vidjax.models.temporal import TemporalTransformer, causal_window_mask
 from vidjax.models.unet import ImageProjection, UNetConfig, VideoUNet, init_inputs
@@ -88,6 +89,51 @@ def test_image_projection_context_matches_diffusers(tmp_path):
   assert tokens.shape == (2, 32, 13) and float(jnp.std(tokens, axis=1).mean()) > 0.1
   with pytest.raises(ConfigError, match="one image embedding"):
     VideoUNet(config).apply({"params": params}, latents, t, np.zeros((2, 7, 13), np.float32))
+
+
+def test_image_time_embedding_matches_diffusers_projection_class_embedding(tmp_path):
+  # diffusers' class_embed_type='projection' with class labels of the context's width is our
+  # image_time_embedding, fed the image embedding that is also the (one-token) context.
+  torch.manual_seed(0)
+  model = UNet2DConditionModel(**torch_oracle.TINY_UNET, class_embed_type="projection",
+                               projection_class_embeddings_input_dim=13)
+  model = torch_oracle.perturb_(model, seed=2, scale=0.05)
+  model.save_pretrained(tmp_path)
+  config, params, report = convert_unet(tmp_path)
+  assert config.image_time_embedding and not report.missing and not report.unexpected
+  latents, t, _ = _inputs()
+  embeds = np.random.default_rng(3).standard_normal((2, 13)).astype(np.float32)
+  apply = jax.jit(VideoUNet(config).apply)
+  ours = apply({"params": params}, latents, t, embeds[:, None])
+  with torch.no_grad():
+    ref = model(torch_oracle.to_torch_nchw(latents[:, 0]), torch.from_numpy(t),
+                encoder_hidden_states=torch.from_numpy(embeds[:, None]), class_labels=torch.from_numpy(embeds)).sample
+  np.testing.assert_allclose(np.asarray(ours[:, 0]), torch_oracle.from_torch_nchw(ref), atol=1e-4, rtol=0)
+  # The embedding reaches the output through the time embedding as well: zeroing that path changes it.
+  cut = {**params, "class_embedding": jax.tree_util.tree_map(jnp.zeros_like, params["class_embedding"])}
+  assert float(jnp.abs(apply({"params": cut}, latents, t, embeds[:, None]) - ours).max()) > 1e-3
+  with pytest.raises(ConfigError, match="image_time_embedding"):
+    apply({"params": params}, latents, t, np.zeros((2, 7, 13), np.float32))
+
+
+def test_a_fresh_image_time_embedding_leaves_the_model_unchanged(converted):
+  # Its zero-initialised last layer: `init_from` a model without it starts from the same function.
+  config, params, _, apply = converted("image")
+  wide = dataclasses.replace(config, image_time_embedding=True)
+  latents, t, _ = _inputs()
+  context = np.random.default_rng(4).standard_normal((2, 1, 13)).astype(np.float32)
+  mlp = layers.TimestepMLP(4 * config.block_out_channels[0], zero_init_out=True)
+  merged = {**params, "class_embedding": nn.unbox(mlp.init(jax.random.key(0), context[:, 0])["params"])}
+
+  def loss(p):
+    out = VideoUNet(wide).apply({"params": p}, latents, t, context)
+    return jnp.sum(out**2), out
+
+  (_, widened), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(merged)
+  np.testing.assert_allclose(np.asarray(widened), np.asarray(apply({"params": params}, latents, t, context)),
+                             atol=1e-5, rtol=0)
+  # ... and it can learn: the zero layer gets a gradient (it would not if both layers started at zero).
+  assert float(jnp.abs(grads["class_embedding"]["linear_2"]["kernel"]).max()) > 0
 
 
 @pytest.mark.parametrize("variant", ["gen1", "myv"])

@@ -146,13 +146,14 @@ def test_the_frame_is_random_per_clip_and_fixed_by_the_key(embedded):
   assert set(picks.ravel()) == set(range(FRAMES))  # every frame can be picked, the first and the last too
 
 
-def test_image_context_tokens_are_refused_for_a_text_model(gen1):
+@pytest.mark.parametrize("knob,value", [("image_context_tokens", 4), ("image_time_embedding", True)])
+def test_image_embedding_readers_are_refused_for_a_text_model(gen1, knob, value):
   model, _ = gen1
-  unet = dataclasses.replace(model.config.unet, in_channels=LATENT + 1, image_context_tokens=4)
+  unet = dataclasses.replace(model.config.unet, in_channels=LATENT + 1, **{knob: value})
   text = pretrained.CONFIG_CLASSES["CLIPTextConfig"](hidden_size=16, intermediate_size=32, num_attention_heads=2,
                                                      num_hidden_layers=1, projection_dim=WIDTH)
-  with pytest.raises(ConfigError, match="image_context_tokens"):
+  with pytest.raises(ConfigError, match=knob):
     ModelConfig(unet=unet, vae=model.config.vae, text_encoder=text, null_tokens=(0, 1))
   image = ModelConfig(unet=dataclasses.replace(unet, in_channels=2 * LATENT + 4), vae=model.config.vae,
                       image_encoder=model.config.image_encoder, structure="depth_latent", content="image")
-  assert image.unet.image_context_tokens == 4
+  assert getattr(image.unet, knob) == value

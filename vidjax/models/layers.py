@@ -179,6 +179,7 @@ class TimestepMLP(nn.Module):
   """linear -> SiLU -> linear on a timestep embedding (diffusers `TimestepEmbedding`)."""
 
   features: int
+  zero_init_out: bool = False  # the second linear starts at zero (an added embedding that starts as a no-op)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -186,7 +187,8 @@ class TimestepMLP(nn.Module):
   def __call__(self, emb: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     emb = dense(self.features, names=("embed", "mlp"), name="linear_1", **kw)(emb)
-    return dense(self.features, names=("mlp", "embed"), name="linear_2", **kw)(nn.silu(emb))
+    return dense(self.features, names=("mlp", "embed"), zero_init=self.zero_init_out, name="linear_2",
+                 **kw)(nn.silu(emb))
 
 
 class Downsample(nn.Module):

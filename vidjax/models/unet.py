@@ -50,6 +50,11 @@ class UNetConfig:
   # (diffusers' ImageProjection, as IP-Adapter and Kandinsky: Linear to K * D, then LayerNorm), so
   # positions can attend to different tokens.
   image_context_tokens: int = 0
+  # True: the image embedding (B, 1, cross_attention_dim) also enters the time embedding, through an
+  # MLP added to it (diffusers' class_embed_type='projection', its `class_embedding` names; unCLIP's
+  # decoder does the same), so every res block gets the content as a scale and shift, not only the
+  # cross-attention. Its last layer starts at zero: a model widened by `init_from` starts unchanged.
+  image_time_embedding: bool = False
   transformer_depth: int = 1
   norm_num_groups: int = 32
   norm_eps: float = 1e-5
@@ -89,6 +94,10 @@ class UNetConfig:
     heads = config.get("num_attention_heads") or config.get("attention_head_dim", 8)
     heads = tuple(heads) if isinstance(heads, (list, tuple)) else (heads,) * levels
     unsupported = {k: config.get(k) for k in ("class_embed_type", "addition_embed_type") if config.get(k) is not None}
+    if (config.get("class_embed_type") == "projection"
+        and config.get("projection_class_embeddings_input_dim") == config["cross_attention_dim"]):
+      del unsupported["class_embed_type"]  # class labels of the context's width: read as the image embedding
+      overrides = {"image_time_embedding": True, **overrides}
     if config.get("encoder_hid_dim_type") not in (None, "image_proj") or config.get("encoder_hid_dim") not in (
         None, config["cross_attention_dim"]):
       unsupported.update({k: config.get(k) for k in ("encoder_hid_dim_type", "encoder_hid_dim")})
@@ -238,6 +247,9 @@ class VideoUNet(nn.Module):
                                      downscale_freq_shift=c.freq_shift)
     temb = layers.TimestepMLP(4 * c.block_out_channels[0], name="time_embedding", **kw)(temb.astype(kw["dtype"]))
     context = context.astype(kw["dtype"])
+    if c.image_time_embedding:
+      temb = temb + layers.TimestepMLP(temb.shape[-1], zero_init_out=True, name="class_embedding",
+                                       **kw)(_one_embedding(context, "image_time_embedding"))
     if c.image_context_tokens:
       context = ImageProjection(c.image_context_tokens, name="encoder_hid_proj", **kw)(context)
 
@@ -269,13 +281,19 @@ class ImageProjection(nn.Module):
 
   @nn.compact
   def __call__(self, context: jax.Array) -> jax.Array:
-    if context.ndim != 3 or context.shape[1] != 1:
-      raise ConfigError("UNet context", f"shape {context.shape}, but image_context_tokens expands one image "
-                        "embedding", "pass (B, 1, D) image embeddings, or set image_context_tokens = 0")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, _, d = context.shape
-    tokens = layers.dense(self.num_tokens * d, name="image_embeds", **kw)(context[:, 0]).reshape(b, self.num_tokens, d)
+    embeds = _one_embedding(context, "image_context_tokens")
+    tokens = layers.dense(self.num_tokens * d, name="image_embeds", **kw)(embeds).reshape(b, self.num_tokens, d)
     return layers.layer_norm(name="norm", **kw)(tokens)
+
+
+def _one_embedding(context: jax.Array, knob: str) -> jax.Array:
+  """(B, 1, D) -> (B, D); ConfigError naming `knob` for any other context (text tokens)."""
+  if context.ndim != 3 or context.shape[1] != 1:
+    raise ConfigError("UNet context", f"shape {context.shape}, but {knob} reads one image embedding",
+                      f"pass (B, 1, D) image embeddings, or turn {knob} off")
+  return context[:, 0]
 
 
 # VideoUNet's per-frame stem and head on (N, h, w, C) images, building its layers inline.

@@ -79,9 +79,10 @@ class ModelConfig:
                                     or self.image_encoder.projection_dim != self.unet.cross_attention_dim):
       raise ConfigError("ModelConfig", "content 'image' needs an image_encoder projecting to cross_attention_dim",
                         "give the CLIP vision tower's config with projection_dim = unet.cross_attention_dim")
-    if self.content == "text" and self.unet.image_context_tokens:
-      raise ConfigError("ModelConfig.unet.image_context_tokens", "expands an image embedding, but content is 'text'",
-                        "set unet.image_context_tokens = 0 for a text-conditioned model")
+    for knob in ("image_context_tokens", "image_time_embedding"):
+      if self.content == "text" and getattr(self.unet, knob):
+        raise ConfigError(f"ModelConfig.unet.{knob}", "reads an image embedding, but content is 'text'",
+                          f"turn unet.{knob} off for a text-conditioned model")
 
   @property
   def size_multiple(self) -> int:
