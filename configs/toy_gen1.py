@@ -45,6 +45,13 @@ Since (2026-12-04, the same 2-core Zen 3; `python benchmarks/toy_clip_probe.py <
   (retrieval 91.5 %), but the main stage on it gives colour 39.4 % at step 2500 and 51.5 % (IoU
   0.451) at 5000: the UNet's reading of the embedding limits now. The shipped vidjax/assets/toy_gen1
   is the 2048-scene NegCLIP run at step 2500 (its model card).
+Since (2026-12-05, the same 2-core Zen 3, the 16384-scene CLIP, step 2500, reference images, guidance 5):
+- `--config.model.unet.image_time_embedding=True` (the embedding also added to the time embedding,
+  diffusers' class_embed_type='projection'), 1179 s: IoU 0.336, colour 36.4 % (12/33); with
+  `--config.train.lr=1e-3` as well (the embedded checkpoint's lr), 1150 s: 0.374, 39.4 % (13/33). No
+  better than one cross-attention token alone (39.4 %): both routes give every position the same
+  content, so neither can put a colour on one object and not another. Untried on this CLIP: several
+  context tokens (`image_context_tokens`), the one route where positions read different content.
 """
 
 from __future__ import annotations
