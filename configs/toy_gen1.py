@@ -82,9 +82,17 @@ def get_config() -> ml_collections.ConfigDict:
           num_hidden_layers=2, max_position_embeddings=24, hidden_act="gelu", projection_dim=64,
           eos_token_id=tokenizer.eos_token_id))))
 
+  # The context stage: the UNet's image projection fitted so a frame's CLIP image embedding reads as the
+  # embedded checkpoint's text context of its caption (`vidjax.train.context_stage`); the UNet then
+  # reads it through its own cross-attention, no surgery.
+  config.model.unet.image_context_tokens = config.data.max_caption_tokens
+  config.context_stage = ml_collections.ConfigDict(dict(
+      num_steps=2000, lr=3e-3, warmup_steps=100, weight_decay=0.0, batch_size=256, null_fraction=0.1,
+      text_from=toyworld.CHECKPOINT, eval_scenes=200))
+
   # The whole UNet trains from the embedded checkpoint (its text tower is not part of this model).
   config.init_exclude = ()
-  config.init_surgery = ("change_context_width",)
+  config.init_surgery = ()
   config.train.trainable = ("unet/.*",)
   config.train.num_steps = 2500
   config.train.lr = 3e-4

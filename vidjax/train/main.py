@@ -7,10 +7,12 @@ Runs, in order, what the config asks for:
      is set too (e.g. a new decoder for a trained model);
   3. `clip_stage.num_steps > 0`: train CLIP's text and vision towers contrastively (a toy Gen-1
      model's frozen content encoder); the main stage reads its towers through `init_from`;
-  4. `prior_stage.num_steps > 0`: train the text -> image-embedding prior on those frozen towers
+  4. `context_stage.num_steps > 0`: fit the UNet's image projection on the CLIP stage's vision
+     tower so image embeddings read as the source text model's context; read through `init_from`;
+  5. `prior_stage.num_steps > 0`: train the text -> image-embedding prior on those frozen towers
      (`prior_stage.clip_from`, or this workdir's CLIP stage);
-  5. the main stage, `train_and_evaluate` (none when `train.num_steps` is 0: the job runs its stages only);
-  6. `final_edit.enabled`: the toy recolouring benchmark on a few held-out scenes (their depth, new
+  6. the main stage, `train_and_evaluate` (none when `train.num_steps` is 0: the job runs its stages only);
+  7. `final_edit.enabled`: the toy recolouring benchmark on a few held-out scenes (their depth, new
      colours in the caption), printed, in `<workdir>/toy_edit.json`, the first as `<workdir>/edit.mp4`.
 Relaunching with the same workdir resumes wherever the job stopped.
 
@@ -142,7 +144,7 @@ def with_values(config: ml_collections.ConfigDict, values: dict[str, object]) ->
 
 
 def run(config, workdir: str, *, on_log=None) -> int:
-  """The whole job: data (when the config builds it), the VAE, CLIP and prior stages, training, the final toy edit.
+  """The whole job: data (when the config builds it), the VAE, CLIP, context and prior stages, training, the final toy edit.
 
   A config whose `train.num_steps` is 0 runs only its stages: no `train_and_evaluate`, no final edit.
 
@@ -150,7 +152,7 @@ def run(config, workdir: str, *, on_log=None) -> int:
   """
   import jax
 
-  from vidjax.train import clip_stage, loop, prior_stage, toy  # heavy imports after argument checks
+  from vidjax.train import clip_stage, context_stage, loop, prior_stage, toy  # heavy imports after argument checks
 
   # A relaunched (resumed) job compiles the same programs again: keep them on disk.
   if not jax.config.jax_compilation_cache_dir:
@@ -172,6 +174,9 @@ def run(config, workdir: str, *, on_log=None) -> int:
   if config.get("clip_stage") and config.clip_stage.num_steps > 0:
     clip_dir = clip_stage.run_stage(config, workdir)
     config = with_values(config, {"init_from": ",".join(p for p in (config.init_from, clip_dir) if p)})
+  if config.get("context_stage") and config.context_stage.num_steps > 0:
+    context_dir = context_stage.run_stage(config, workdir)
+    config = with_values(config, {"init_from": ",".join(p for p in (config.init_from, context_dir) if p)})
   if config.get("prior_stage") and config.prior_stage.num_steps > 0:
     prior_stage.run_stage(config, workdir)
   if config.train.num_steps == 0:

@@ -42,9 +42,11 @@ def load_weights(paths: str) -> dict[str, Any]:
   """{component: params} on the host from one or more comma-separated sources.
 
   Each source is a vidjax pretrained directory (`vidjax convert`), a training workdir, or a
-  checkpoint directory (e.g. `<workdir>/vae_stage/checkpoints`). A later source's components
-  replace an earlier one's whole: `run_a,run_b/vae_stage/checkpoints` takes run_a's UNet and text
-  tower with run_b's VAE.
+  checkpoint directory (e.g. `<workdir>/vae_stage/checkpoints`). The sources merge by param path,
+  a later source's tensor replacing an earlier one's at the same path: `run_a,run_b/vae_stage/checkpoints`
+  takes run_a's UNet and text tower with run_b's VAE (all its tensors), and a source holding part of
+  a component (the context stage's {'unet': {'encoder_hid_proj'}}) adds that part to the earlier
+  source's component rather than replacing it.
   """
   weights = {}
   for path in (p.strip() for p in paths.split(",") if p.strip()):
@@ -53,8 +55,8 @@ def load_weights(paths: str) -> dict[str, Any]:
     else:
       checkpoints = os.path.join(path, "checkpoints")
       source = load_params(checkpoints if os.path.isdir(checkpoints) else path)
-    weights.update({name: jax.device_get(p) for name, p in source.items()})
-  return weights
+    weights.update(tree.flatten(jax.device_get(source)))
+  return tree.unflatten(weights)
 
 
 def merge_params(target: Mapping[str, Any], source: Mapping[str, Any],
