@@ -10,10 +10,11 @@ same 16384 toy clips: captions -> the CLIP image embedding of a random frame. Th
 figure on 200 toy scenes outside the training seeds, printed and in
 <workdir>/prior_stage/prior_eval.json: the mean cosine of the prior's samples with each scene's true
 image embedding (its middle frame's), against the mean cosine of the caption's text embedding with it.
-Measured (2026-12-03, 2 cores shared with another training job): 1500 steps in 1628 s with the
-held-out figure; mean cosine 0.917 for the prior's samples (guidance 1; 0.914 at 1.5, 0.909 at 2,
--0.03 unconditional) against 0.887 for the text embeddings, on runs/toy_gen1's CLIP (caption -> frame
-retrieval 89.5 %); caption -> frame top-1 87.0 % with the samples as queries, 89.5 % with the text.
+Measured (2026-12-07, 2-core AMD EPYC Zen 3, beside the toy_gen1 main stage): 1500 steps in 1642 s
+with the held-out figure; mean cosine 0.945 for the prior's samples (guidance 1) against 0.901 for
+the text embeddings, on runs/toy_gen1's 16384-scene NegCLIP (caption -> frame retrieval 93.5 %);
+caption -> frame top-1 92.5 % with the samples as queries, 93.5 % with the text. (2026-12-03, on the
+2048-scene plain CLIP: 0.917 against 0.887; 0.914 at guidance 1.5, 0.909 at 2, -0.03 unconditional.)
 Point it at another CLIP with --config.prior_stage.clip_from=<workdir>/clip_stage/checkpoints
 (towers of configs/toy_gen1.py's sizes); reuse runs/toy_gen1's clips with
 --config.data.data_dir=runs/toy_gen1/data --config.data.tokenizer_dir=runs/toy_gen1/tokenizer.
@@ -39,6 +40,7 @@ def prior_stage_config(**overrides) -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
   config = toy_gen1.get_config()
   config.clip_stage.num_steps = 0  # read from clip_from, not trained again
+  config.context_stage.num_steps = 0  # the video model's, not the prior's
   # 1500 steps fit in about half an hour of 2 shared cores; the EMA's half-life is about 70 steps of it.
   config.prior_stage = prior_stage_config(num_steps=1500, lr=6e-4, ema_decay=0.99,
                                           clip_from="runs/toy_gen1/clip_stage/checkpoints")
