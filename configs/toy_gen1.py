@@ -70,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.unet.image_context_tokens = config.data.max_caption_tokens
   config.context_stage = ml_collections.ConfigDict(dict(
       num_steps=2000, lr=3e-3, warmup_steps=100, weight_decay=0.0, batch_size=256, null_fraction=0.1,
-      text_from=toyworld.CHECKPOINT, eval_scenes=200))
+      text_from=toyworld.CHECKPOINT, clip_from="", eval_scenes=200))
 
   # The whole UNet trains from the embedded checkpoint (its text tower is not part of this model).
   config.init_exclude = ()

@@ -46,7 +46,7 @@ def _config(loop_base, text_from: str) -> ml_collections.ConfigDict:
                                                      batch_size=8, retrieval_scenes=3, text_encoder=text))
   config.context_stage = ml_collections.ConfigDict(dict(
       num_steps=STEPS, lr=1e-2, warmup_steps=1, weight_decay=0.0, batch_size=8, null_fraction=0.1,
-      text_from=text_from, eval_scenes=5))
+      text_from=text_from, clip_from="", eval_scenes=5))
   config.checkpoint.every_steps = CRASH_AT
   return config
 
@@ -127,7 +127,7 @@ def test_the_token_count_and_the_widths_must_match_the_source_text_model(runs):
 
 
 def test_a_missing_clip_checkpoint_names_the_fix(runs, tmp_path):
-  with pytest.raises(ConfigError, match="no CLIP stage checkpoint.*train the CLIP stage first"):
+  with pytest.raises(ConfigError, match="context_stage.clip_from.*no CLIP stage checkpoint.*train the CLIP stage first"):
     context_stage.train_context(runs["config"], str(tmp_path))
   assert not (tmp_path / "context_stage").exists()
 

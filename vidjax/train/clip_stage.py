@@ -128,6 +128,16 @@ def _unit(x: jax.Array) -> jax.Array:
   return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def trained_directory(workdir: str, clip_from: str, setting: str) -> str:
+  """The CLIP stage checkpoint a later stage reads its frozen towers from: `clip_from` (the later
+  stage's `setting`), or else this workdir's own `clip_stage/checkpoints`."""
+  directory = clip_from or os.path.join(workdir, "clip_stage", "checkpoints")
+  if not os.path.isdir(directory):
+    raise ConfigError(setting, f"no CLIP stage checkpoint at {directory}",
+                      f"train the CLIP stage first (clip_stage.num_steps > 0) or point {setting} at its checkpoints")
+  return directory
+
+
 def train_clip(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Trains both towers for config.clip_stage.num_steps on config.data's clips; returns its checkpoint dir."""
   towers = Towers(config, colour_token_ids(config) if config.clip_stage.get("colour_negatives") else ())

@@ -10,7 +10,8 @@ K = `model.unet.image_context_tokens` = `data.max_caption_tokens`, so that the p
 CLIP image embedding regresses onto the source text encoder's `last_hidden_state` of that frame's
 caption, (B, L, W): the UNet then reads the image through the cross-attention it already has.
 
-Each step embeds one random frame of each clip with the frozen CLIP stage's vision tower (the frame
+Each step embeds one random frame of each clip with the frozen CLIP stage's vision tower
+(`context_stage.clip_from`, default this workdir's `clip_stage/checkpoints`; the frame
 `VideoDiffusionModel.embed_frames` embeds in the main stage, the raw `image_embeds` the UNet gets)
 and encodes the caption with the frozen source text encoder (`context_stage.text_from`, a pretrained
 directory with a 'text_encoder'). With probability `null_fraction` a pair is replaced by the null
@@ -42,16 +43,12 @@ from vidjax.models.clip import CLIPTextTransformer, preprocess_images, random_fr
 from vidjax.models.unet import ImageProjection
 from vidjax.train import pair_stage
 from vidjax.train.checkpoint import load_params
-from vidjax.train.clip_stage import RETRIEVAL_FIRST_SEED, Towers
+from vidjax.train.clip_stage import RETRIEVAL_FIRST_SEED, Towers, trained_directory
 
 
-def clip_directory(workdir: str) -> str:
+def clip_directory(config: ml_collections.ConfigDict, workdir: str) -> str:
   """The CLIP stage checkpoint whose vision tower the stage reads frozen."""
-  directory = os.path.join(workdir, "clip_stage", "checkpoints")
-  if not os.path.isdir(directory):
-    raise ConfigError("context_stage", f"no CLIP stage checkpoint at {directory}",
-                      "train the CLIP stage first (clip_stage.num_steps > 0) in this workdir")
-  return directory
+  return trained_directory(workdir, config.context_stage.clip_from, "context_stage.clip_from")
 
 
 class ContextTraining:
@@ -116,7 +113,7 @@ def train_context(config: ml_collections.ConfigDict, workdir: str) -> str:
   training = ContextTraining(config)
   return pair_stage.train_pairs(
       config, config.context_stage, os.path.join(workdir, "context_stage", "checkpoints"), init=training.init,
-      loss=training.batch_loss, constants=training.constants(load_params(clip_directory(workdir))),
+      loss=training.batch_loss, constants=training.constants(load_params(clip_directory(config, workdir))),
       seed=config.seed + 5, desc="Context stage")
 
 
@@ -152,7 +149,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str) -> str:
   directory = train_context(config, workdir)
   if not config.context_stage.eval_scenes:
     return directory
-  report = toy_context_eval(config, directory, clip_directory(workdir), config.context_stage.eval_scenes)
+  report = toy_context_eval(config, directory, clip_directory(config, workdir), config.context_stage.eval_scenes)
   with atomic_path(os.path.join(workdir, "context_stage", "context_eval.json")) as tmp, open(tmp, "w") as f:
     json.dump(report, f, indent=1)
   print(f"Context stage done: over {report['num_scenes']} held-out toy scenes, the projected image embedding vs "

@@ -34,7 +34,7 @@ from vidjax.models.prior import DiffusionPrior, PriorConfig, embedding_space, ex
 from vidjax.sampling.prior import PriorSampler, PriorSamplingConfig, encode_prior_text
 from vidjax.train import pair_stage
 from vidjax.train.checkpoint import load_params
-from vidjax.train.clip_stage import RETRIEVAL_FIRST_SEED, Towers
+from vidjax.train.clip_stage import RETRIEVAL_FIRST_SEED, Towers, trained_directory
 
 
 def prior_config(config: ml_collections.ConfigDict) -> PriorConfig:
@@ -50,11 +50,7 @@ def prior_config(config: ml_collections.ConfigDict) -> PriorConfig:
 
 def clip_directory(config: ml_collections.ConfigDict, workdir: str) -> str:
   """The CLIP stage checkpoint the prior reads its frozen towers from."""
-  directory = config.prior_stage.clip_from or os.path.join(workdir, "clip_stage", "checkpoints")
-  if not os.path.isdir(directory):
-    raise ConfigError("prior_stage.clip_from", f"no CLIP stage checkpoint at {directory}",
-                      "train the CLIP stage first (clip_stage.num_steps > 0) or point clip_from at its checkpoints")
-  return directory
+  return trained_directory(workdir, config.prior_stage.clip_from, "prior_stage.clip_from")
 
 
 class PriorTraining:
