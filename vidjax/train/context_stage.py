@@ -121,7 +121,7 @@ def toy_context_eval(config: ml_collections.ConfigDict, directory: str, clip_dir
   """The projection's held-out figure over `num_scenes` toy scenes (seeds from RETRIEVAL_FIRST_SEED), each
   the CLIP image embedding of its middle frame and the source text encoder's hidden states of its
   caption: their MSE, the targets' variance about their mean over scenes, and r2 = 1 - mse / variance
-  (0: no better than one mean context for every scene); and the same for the null pair."""
+  (0: no better than one mean context for every scene); and null_mse, the null pair's MSE."""
   training = ContextTraining(config)
   constants = training.constants(load_params(clip_dir))
   params = load_params(directory)

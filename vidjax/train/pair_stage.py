@@ -1,6 +1,6 @@
-"""The training loop of the stages that learn from (caption, clip) pairs: the CLIP stage and the prior stage.
+"""The training loop of the stages that learn from (caption, clip) pairs: the CLIP, context and prior stages.
 
-Both train a small param tree on the training clips' caption tokens and frames before (or instead
+Each trains a small param tree on the training clips' caption tokens and frames before (or instead
 of) the main stage, on one device, with the trainer's optimizer (AdamW after a linear warmup, then
 cosine), checkpoints and progress line, so they resume like the main stage: a relaunch restores the
 params, the optimizer, the RNG and the data iterator of the latest checkpoint, and ends bit-equal
