@@ -28,8 +28,8 @@ Measured (2026-12-07, 2-core AMD EPYC Zen 3, the prior stage's run beside it for
 - Resumed to 5000 steps (the second command: the cosine is re-drawn over 5000 steps, a warm restart
   at lr 1.5e-4; 1918 s from step 2897 on a quiet machine): smoothed loss 0.015; reference images IoU
   0.549, colour 63.6 % (21/33); through the prior 0.591, 72.7 % (24/33). This is vidjax/assets/toy_gen1.
-  Floors, time of day and shapes follow; three-object scenes still blend colours. Below issue 16's targets (IoU 0.6; colour
-  80 % with an image, 75 % through the prior).
+  Floors, time of day and shapes follow; three-object scenes still blend colours. Below issue 16's
+  targets (IoU 0.6; colour 80 % with an image, 75 % through the prior).
 Tried before on the same benchmark (step 2500, reference images, guidance 5; vidjax/assets/toy_gen1's
 model card has the details): one cross-attention token, the keys and values re-made for the 64-wide
 embedding (`init_surgery=('change_context_width',)`, `image_context_tokens=0`): IoU 0.406, colour
