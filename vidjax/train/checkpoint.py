@@ -144,6 +144,9 @@ class Checkpointer:
     handlers = {"state": ocp.PyTreeCheckpointHandler(type_handler_registry=_ARRAYS), "data_state": _ProcessJsonHandler(),
                 "config": ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    # step -> saved tree of array metadata: orbax takes seconds to read it even for a tiny checkpoint
+    # (2.6 s for the Gen-1 chain test's), and a finished step never changes (`save` skips old steps).
+    self._saved_trees: dict[int, Any] = {}
 
   def save(self, step: int, state: Any, *, data_state: Mapping[str, Any] | None, config: Mapping[str, Any],
            force: bool = False) -> bool:
@@ -214,8 +217,10 @@ class Checkpointer:
     return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
   def _saved_tree(self, step: int) -> Any:
-    """The saved state's tree of array metadata, as nested dicts and lists."""
-    return self._manager.item_metadata(step)["state"].tree
+    """The saved state's tree of array metadata, as nested dicts and lists (read once per step)."""
+    if step not in self._saved_trees:
+      self._saved_trees[step] = self._manager.item_metadata(step)["state"].tree
+    return self._saved_trees[step]
 
   def _restore_state(self, step: int, target: Any, *, partial: bool = False) -> Any:
     """The 'state' item into `target`'s shardings; `partial` reads only target's subtrees (any paths of
