@@ -8,6 +8,7 @@ to a temporary sibling path and renamed, so an interrupted job never leaves a ha
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import numbers
 import os
@@ -95,3 +96,9 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[st
     elif os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+  """`value` as JSON (indent 1) at `path`, written whole or not at all (`atomic_path`)."""
+  with atomic_path(path) as tmp, open(tmp, "w") as f:
+    json.dump(value, f, indent=1)

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Mapping
 import msgpack
 import numpy as np
 
-from vidjax.errors import InputError, atomic_path
+from vidjax.errors import InputError, atomic_path, write_json
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -190,8 +190,7 @@ class Manifest:
 def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> str:
   """Writes `<folder>/manifest.json` atomically; returns its path."""
   path = os.path.join(folder, MANIFEST_NAME)
-  with atomic_path(path) as tmp, open(tmp, "w") as f:
-    json.dump(manifest.to_json(), f, indent=1)
+  write_json(path, manifest.to_json())
   return path
 
 

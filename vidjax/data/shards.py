@@ -43,7 +43,7 @@ import numpy as np
 import vidjax
 from vidjax.data import depth_estimators, records
 from vidjax.data.sources import ClipSpec, FolderSource, Item, SourceClip, TfdsSource, ToySource
-from vidjax.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, InputError, atomic_path
+from vidjax.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, InputError, atomic_path, write_json
 
 DONE_DIR = "done"
 WARNINGS_NAME = "warnings.jsonl"
@@ -296,8 +296,7 @@ def commit_shard(spec: BuildSpec, name: str, fingerprint: str, encoded: Iterable
                        warnings=warnings)
   done = dataclasses.asdict(result) | {"fingerprint": fingerprint}
   done.pop("reused")
-  with atomic_path(_done_path(spec, name)) as tmp, open(tmp, "w") as f:
-    json.dump(done, f)
+  write_json(_done_path(spec, name), done)
   return result
 
 

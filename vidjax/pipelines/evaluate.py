@@ -43,7 +43,7 @@ from tqdm import tqdm
 from tensorboardX import SummaryWriter
 
 from vidjax.data import video_io
-from vidjax.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, atomic_path
+from vidjax.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, write_json
 from vidjax.eval import job, page, toy_edit, toy_metrics
 from vidjax.parallel import maybe_initialize_distributed
 from vidjax.pipelines import eval_protocols
@@ -104,8 +104,7 @@ def _check_workdir(workdir: str, settings: dict[str, Any]) -> None:
       raise ConfigError(workdir, f"holds features computed with other settings (changed: {changed})",
                         "use a new --workdir, or the settings recorded in its settings.json")
   elif jax.process_index() == 0:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-      json.dump(settings, f, indent=1)
+    write_json(path, settings)
 
 
 def run(config, workdir: str) -> dict[str, Any]:

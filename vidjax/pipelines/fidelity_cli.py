@@ -13,12 +13,11 @@ an interrupted run keeps the claims it finished) and <out>/<claim>.png.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from vidjax import toyworld
-from vidjax.errors import EXIT_ERROR, InputError, VidjaxError, atomic_path
+from vidjax.errors import EXIT_ERROR, InputError, VidjaxError, write_json
 from vidjax.eval import fidelity_plots
 from vidjax.pipelines import fidelity
 from vidjax.pipelines.edit import VideoEditPipeline
@@ -75,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
   for claim in claims:
     print(f"{claim}: {fidelity.EXPECTED[claim]}", flush=True)
     records[claim] = fidelity.run_claim(pipe_for(claim), claim, settings, on_point=_print_point)
-    with atomic_path(os.path.join(args.out, "fidelity.json")) as tmp, open(tmp, "w") as f:
-      json.dump({"claims": records}, f, indent=1)
+    write_json(os.path.join(args.out, "fidelity.json"), {"claims": records})
     fidelity_plots.plot_claim(records[claim], os.path.join(args.out, f"{claim}.png"))
   print(f"wrote {os.path.join(args.out, 'fidelity.json')} and {len(records)} plots")
   return 0

@@ -8,12 +8,11 @@ Gen-1's prior, that caption through the prior (`--content prior`, the default fo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
 
-from vidjax.errors import EXIT_ERROR, ConfigError, InputError, VidjaxError, atomic_path
+from vidjax.errors import EXIT_ERROR, ConfigError, InputError, VidjaxError, write_json
 from vidjax.eval import toy_edit
 
 CONTENT_CHOICES = ("reference_image", "prior")
@@ -86,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 "content": CONTENT_NAMES[content], **prior, "num_inference_steps": args.num_inference_steps,
                 "guidance_scale": guidance, "temporal_guidance_scale": 1.0,
                 "seeds": [case.seed for case in cases]}
-    with atomic_path(args.out) as tmp, open(tmp, "w") as f:
-      json.dump({"settings": settings, **report}, f, indent=1)
+    write_json(args.out, {"settings": settings, **report})
     print(f"report written to {args.out}")
   return 0
 

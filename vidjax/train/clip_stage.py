@@ -37,7 +37,7 @@ import numpy as np
 
 from vidjax import toyworld
 from vidjax.conditioning.tokens import tokenize
-from vidjax.errors import ConfigError
+from vidjax.errors import ConfigError, write_json
 from vidjax.eval.metrics import retrieval_top1
 from vidjax.models.build import clip_configs
 from vidjax.models.clip import CLIPTextTransformer, CLIPVisionTransformer, preprocess_images, random_frame_pixels
@@ -180,7 +180,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str) -> str:
   """The stage and its held-out retrieval figure (printed, and in `<workdir>/clip_stage/retrieval.json`)."""
   directory = train_clip(config, workdir)
   report = toy_retrieval(config, directory, config.clip_stage.retrieval_scenes)
-  pair_stage.write_report(os.path.join(workdir, "clip_stage", "retrieval.json"), report)
+  write_json(os.path.join(workdir, "clip_stage", "retrieval.json"), report)
   print(f"CLIP stage done: held-out retrieval over {report['num_scenes']} toy scenes, caption -> frame top-1 "
         f"{100 * report['caption_to_frame_top1']:.1f} %, frame -> caption {100 * report['frame_to_caption_top1']:.1f} % "
         f"(chance {100 * report['chance']:.1f} %)")

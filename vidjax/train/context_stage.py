@@ -37,7 +37,7 @@ import numpy as np
 from vidjax import toyworld
 from vidjax.conditioning.tokens import tokenize
 from vidjax.convert import pretrained
-from vidjax.errors import ConfigError
+from vidjax.errors import ConfigError, write_json
 from vidjax.models.clip import CLIPTextTransformer, preprocess_images, random_frame_pixels
 from vidjax.models.unet import ImageProjection
 from vidjax.train import pair_stage
@@ -149,7 +149,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str) -> str:
   if not config.context_stage.eval_scenes:
     return directory
   report = toy_context_eval(config, directory, clip_directory(config, workdir), config.context_stage.eval_scenes)
-  pair_stage.write_report(os.path.join(workdir, "context_stage", "context_eval.json"), report)
+  write_json(os.path.join(workdir, "context_stage", "context_eval.json"), report)
   print(f"Context stage done: over {report['num_scenes']} held-out toy scenes, the projected image embedding vs "
         f"the caption's text context: MSE {report['mse']:.4f} (variance {report['variance']:.4f}, R^2 "
         f"{report['r2']:.3f}); null pair MSE {report['null_mse']:.4f}")

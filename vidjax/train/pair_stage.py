@@ -9,7 +9,6 @@ to a run that never stopped.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable
 
@@ -17,7 +16,6 @@ import jax
 import ml_collections
 
 from vidjax.data.loader import Loader
-from vidjax.errors import atomic_path
 from vidjax.parallel.sharding import unbox
 from vidjax.train import state as state_lib
 from vidjax.train.checkpoint import Checkpointer
@@ -77,9 +75,3 @@ def train_pairs(config: ml_collections.ConfigDict, stage: ml_collections.ConfigD
   checkpointer.close()
   loader.close()
   return os.fspath(directory)
-
-
-def write_report(path: str, report: dict[str, Any]) -> None:
-  """A stage's held-out figure as JSON at `path`, written whole or not at all."""
-  with atomic_path(path) as tmp, open(tmp, "w") as f:
-    json.dump(report, f, indent=1)

@@ -26,7 +26,7 @@ import numpy as np
 
 from vidjax import diffusion, toyworld
 from vidjax.conditioning.tokens import tokenize
-from vidjax.errors import ConfigError
+from vidjax.errors import ConfigError, write_json
 from vidjax.eval.metrics import retrieval_top1
 from vidjax.models.clip import preprocess_images
 from vidjax.models.prior import DiffusionPrior, PriorConfig, embedding_space, example_inputs
@@ -146,7 +146,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str) -> str:
   if not config.prior_stage.eval_scenes:
     return directory
   report = toy_prior_eval(config, directory, clip_directory(config, workdir), config.prior_stage.eval_scenes)
-  pair_stage.write_report(os.path.join(workdir, "prior_stage", "prior_eval.json"), report)
+  write_json(os.path.join(workdir, "prior_stage", "prior_eval.json"), report)
   print(f"Prior stage done: over {report['num_scenes']} held-out toy scenes, mean cosine with the middle frame's "
         f"CLIP image embedding: prior sample {report['prior_cosine']:.4f}, text embedding {report['text_cosine']:.4f} "
         f"(caption -> frame top-1 {100 * report['prior_caption_to_frame_top1']:.1f} % vs "

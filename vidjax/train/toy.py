@@ -19,7 +19,7 @@ from vidjax.conditioning.tokens import tokenize
 from vidjax.data import shards, video_io
 from vidjax.data.loader import Loader
 from vidjax.data.sources import ClipSpec, ToySource
-from vidjax.errors import EXIT_OK, ConfigError, atomic_path
+from vidjax.errors import EXIT_OK, ConfigError, write_json
 from vidjax.eval import toy_edit
 from vidjax.models.build import build_model
 from vidjax.models.video_model import VideoDiffusionModel
@@ -77,8 +77,7 @@ def train_vae_stage(config: ml_collections.ConfigDict, model: VideoDiffusionMode
     loader = Loader(loader_config)
     means = [model.encode_frames(params, next(loader)["frames"]) for _ in range(config.vae_stage.scale_batches)]
     loader.close()
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-      json.dump({"scaling_factor": float(1.0 / jnp.std(jnp.stack(means)))}, f)
+    write_json(path, {"scaling_factor": float(1.0 / jnp.std(jnp.stack(means)))})
   with open(path) as f:
     scaling_factor = float(json.load(f)["scaling_factor"])
   print(f"VAE stage done: scaling factor {scaling_factor:.4f}")
@@ -116,8 +115,7 @@ def final_edit(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with tqdm(total=len(cases), desc="toy benchmark", unit="clip", disable=None) as bar:
     report = toy_edit.evaluate(edit_case, cases, on_row=lambda row: (bar.write(toy_edit.format_row(row)), bar.update()))
   print(toy_edit.summary(report))
-  with atomic_path(os.path.join(workdir, "toy_edit.json")) as tmp, open(tmp, "w") as f:
-    json.dump({"settings": edit.to_dict(), **report}, f, indent=1)
+  write_json(os.path.join(workdir, "toy_edit.json"), {"settings": edit.to_dict(), **report})
   first = cases[0]
   videos = [first.source.rgb, video_io.depth_to_rgb(first.source.disparity), outputs[0]]
   titles = ["input", "depth", f"edit: {first.target_caption}"]
