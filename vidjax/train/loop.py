@@ -62,7 +62,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   labels = state_lib.trainable_labels(abstract_params, config.train.trainable)
   tx = state_lib.make_optimizer(config.train, labels)
   create = lambda key: state_lib.create_state(model.init, tx, labels, key)
-  abstract_state = jax.eval_shape(create, rng)
+  # From the abstract params: a second eval_shape of `create` would trace the model's init again (~2 s).
+  abstract_state = jax.eval_shape(lambda p: state_lib.state_from_params(p, tx, labels, rng), abstract_params)
   shardings = state_lib.state_shardings(abstract_state, mesh, rules)
 
   loader = Loader(config.data)

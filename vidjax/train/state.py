@@ -103,7 +103,13 @@ def create_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTran
   """A fresh TrainState from an init function (boxed params keep their logical names); EMA over the
   params `labels` marks 'train'."""
   init_key, state_key = jax.random.split(rng)
-  params = init_params(layers.init_key(init_key))
+  return state_from_params(init_params(layers.init_key(init_key)), tx, labels, state_key)
+
+
+def state_from_params(params: Any, tx: optax.GradientTransformation, labels: Mapping[str, Any],
+                      state_key: jax.Array) -> TrainState:
+  """A step-0 TrainState around `params` (boxed or not; abstract ones give the abstract state without
+  tracing the model's init again)."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     ema_params=trainable_subtree(params, labels), rng=jax.random.key_data(state_key))
 
