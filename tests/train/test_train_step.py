@@ -80,7 +80,9 @@ def test_sharded_step_equals_single_device_and_really_shards(tokenizer_dir):
   # projections, whose per-channel constant the next GroupNorm removes). Adam's g / (|g| + eps) turns
   # that noise, which differs with the reduction order on 8 devices, into different updates; a
   # larger eps keeps such updates linear in g, so the comparison tests sharding, not Adam.
-  setup = _setup(tokenizer_dir, **{"train.eps": 1e-3})
+  # The loop tests' model (no temporal attention) halves the state's arrays and so the two compiles;
+  # temporal attention's sharded forward has its own test (tests/parallel/test_sharding.py).
+  setup = _setup(tokenizer_dir, **{"train.eps": 1e-3, **tiny_config.LOOP_MODEL})
   batch = _batch(setup[1])
   initial, sharded, metrics8 = _run_on(make_mesh({"data": 4, "fsdp": 2}), setup, batch)
   _, single, metrics1 = _run_on(make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1]), setup, batch, initial)
