@@ -27,6 +27,7 @@ to a temporary sibling and renamed, so a failed conversion leaves no directory b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -34,6 +35,7 @@ import shutil
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+import jax
 import numpy as np
 
 import vidjax
@@ -74,7 +76,17 @@ CONTENTS = {"text_tokens": "text", "image_embeds": "image"}
 
 
 def param_shapes(config: Any) -> dict[str, Any]:
-  """The param tree (of `jax.ShapeDtypeStruct`) that a component config's model expects, without allocating it."""
+  """The param tree (of `jax.ShapeDtypeStruct`) that a component config's model expects, without allocating it.
+
+  Cached per config (the frozen config dataclasses are hashable): each load of a checkpoint asks for
+  its components' shapes, and `eval_shape` traces the model's init for them (2-3 s for the toy UNet).
+  The caller gets its own containers.
+  """
+  return jax.tree.map(lambda leaf: leaf, _cached_shapes(config))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_shapes(config: Any) -> dict[str, Any]:
   return _SHAPES[type(config)](config)
 
 
