@@ -64,10 +64,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.ema_decay = 0.9999
   config.train.content_dropout = 0.1  # drop the caption / image embedding for classifier-free guidance
   config.train.structure_dropout = 0.0
-  # Gen-1 models: the chance that the content frame is mirrored before the CLIP tower. A content image
-  # shows the subject from elsewhere (another time, another photo): a mirrored frame keeps its colours
-  # and shapes but not the clip's layout, which must then come from the structure.
-  config.train.content_flip = 0.0
   config.train.min_snr_gamma = 0.0  # 0 = off; 5 is the usual value
   config.train.object_loss_weight = 0.0  # w > 0: object latent cells count 1 + w (needs shards with masks)
   config.train.trainable = ("unet/.*",)  # regexes over '/'-joined param paths

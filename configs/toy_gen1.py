@@ -84,11 +84,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.lr = 3e-4
   config.train.warmup_steps = 50
   config.train.ema_decay = 0.99
-  # The benchmark's reference shows the scene from later on its camera path, not a frame of the clip:
-  # trained on the clip's own frames the model also read the layout from the embedding (a mirrored
-  # reference dropped validation colour from 66 % to 32 %). Mirrored content frames make it take
-  # the layout from the depth.
-  config.train.content_flip = 0.5
   config.checkpoint.every_steps = 250
   config.log.sample_every_steps = 2500
   # Chosen on validation scenes (seeds from 500,000, not the benchmark's): the module docstring.

@@ -20,8 +20,8 @@ from vidjax.train.step import conditioning
 N = 4096  # samples for the dropout fractions: 4 sigma of a fraction p is 4 sqrt(p (1 - p) / N) <= 0.031
 
 
-def _dropout(content: float, structure: float, flip: float = 0.0) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({"content_dropout": content, "structure_dropout": structure, "content_flip": flip})
+def _dropout(content: float, structure: float) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({"content_dropout": content, "structure_dropout": structure})
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,3 @@ def test_image_content_is_the_clip_embedding_of_the_clips_frames_and_dropped_con
   # Cached embeddings in the batch are used instead of the tower's (data.use_latents runs feed them).
   cached = np.random.default_rng(1).standard_normal((CLIPS, 16)).astype(np.float32)
   np.testing.assert_array_equal(embeds(_dropout(0.0, 0.0), {**batch, "image_embeds": cached}), cached)
-  # content_flip 1: every clip's content is its frame mirrored left-right.
-  mirrored = np.asarray(jax.jit(model.embed_frames)(params, batch["frames"][:, :, :, ::-1], jax.random.key(7)))
-  assert np.abs(mirrored - expected).max() > 1e-3
-  np.testing.assert_allclose(embeds(_dropout(0.0, 0.0, flip=1.0), batch), mirrored, rtol=1e-5, atol=1e-5)

@@ -295,20 +295,15 @@ def preprocess_images(frames: np.ndarray | jax.Array, image_size: int = 224) -> 
   return _preprocess(jnp.asarray(frames), image_size)
 
 
-def random_frame_pixels(frames: jax.Array, rng: jax.Array, image_size: int, flip_probability: float = 0.0) -> jax.Array:
+def random_frame_pixels(frames: jax.Array, rng: jax.Array, image_size: int) -> jax.Array:
   """(N, T, H, W, 3) clips in [-1, 1] -> (N, S, S, 3) CLIP pixels of one random frame of each clip.
 
   The frame a Gen-1 model's content comes from in training (`VideoDiffusionModel.embed_frames`) and
   the one the toy CLIP and prior stages embed: back to the grey levels the loader's frames came from,
-  then `preprocess_levels`, as the edit pipeline's content image. With `flip_probability` p > 0 each
-  picked frame is mirrored left-right with probability p (its own key, `fold_in(rng, 1)`, so p = 0
-  picks the same frames as before the option existed).
+  then `preprocess_levels`, as the edit pipeline's content image.
   """
   n, t = frames.shape[:2]
   picked = frames[jnp.arange(n), jax.random.randint(rng, (n,), 0, t)]
-  if flip_probability:
-    flip = jax.random.uniform(jax.random.fold_in(rng, 1), (n,)) < flip_probability
-    picked = jnp.where(flip[:, None, None, None], picked[:, :, ::-1], picked)
   return preprocess_levels(jnp.clip(jnp.round((picked + 1.0) * 127.5), 0.0, 255.0), image_size)
 
 

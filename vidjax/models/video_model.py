@@ -139,15 +139,13 @@ class VideoDiffusionModel:
       raise InputError("image_embeds", "missing for an image-conditioned model", "pass CLIP image embeddings")
     return image_embeds[:, None, :]
 
-  def embed_frames(self, params: Mapping[str, Any], frames: jax.Array, rng: jax.Array,
-                   flip_probability: float = 0.0) -> jax.Array:
+  def embed_frames(self, params: Mapping[str, Any], frames: jax.Array, rng: jax.Array) -> jax.Array:
     """CLIP image embeddings (B, D) of one random frame per clip; frames (B, T, H, W, 3) in [-1, 1].
 
     The frame goes through the one CLIP preprocessing (`clip.preprocess_levels`: short side, centre
-    crop), as the edit pipeline's content image does, at the grey levels the loader's frames came from;
-    mirrored with `flip_probability` (`clip.random_frame_pixels`, the train config's `content_flip`).
+    crop), as the edit pipeline's content image does, at the grey levels the loader's frames came from.
     """
-    pixels = random_frame_pixels(frames, rng, self.config.image_encoder.image_size, flip_probability)
+    pixels = random_frame_pixels(frames, rng, self.config.image_encoder.image_size)
     return self.image_encoder.apply({"params": params["image_encoder"]}, pixels)["image_embeds"]
 
   def null_content(self, params: Mapping[str, Any], batch: int) -> jax.Array:

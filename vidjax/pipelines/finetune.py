@@ -303,8 +303,7 @@ def make_step(model: VideoDiffusionModel, tx: optax.GradientTransformation, sett
               token_id: int) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """step(state, base, batch, image_mode) -> (state, metrics): the training step's conditioning and loss,
   differentiated with respect to the trainable tree only (base is frozen)."""
-  train_config = ml_collections.ConfigDict({"content_dropout": settings.content_dropout, "structure_dropout": 0.0,
-                                            "content_flip": 0.0})
+  train_config = ml_collections.ConfigDict({"content_dropout": settings.content_dropout, "structure_dropout": 0.0})
 
   def step(state: TrainState, base: Mapping[str, Any], batch: Mapping[str, jax.Array], image_mode: bool):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)

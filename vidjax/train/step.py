@@ -5,8 +5,7 @@ One step of the one diffusion loss on a batch from the loader:
   structure the model's structure channels from the (t_s-blurred) depth, zeroed per sample with
             probability `structure_dropout`;
   content   caption tokens through the text encoder (or CLIP image embeddings), replaced per sample
-            by the unconditional content with probability `content_dropout` (what CFG needs); an
-            image embedding's frame is mirrored with probability `content_flip`;
+            by the unconditional content with probability `content_dropout` (what CFG needs);
   image batches (T = 1, `image_mode`) skip the temporal layers: Gen-1's joint image-video training.
   weights   with `object_loss_weight` w > 0 (shards built with object masks, e.g. the toy world), each
             latent cell's squared error counts 1 + w * (the fraction of its pixels on an object), so
@@ -38,8 +37,7 @@ def conditioning(model: VideoDiffusionModel, config: ml_collections.ConfigDict, 
                  batch: Batch, rng: jax.Array) -> tuple[jax.Array, jax.Array | None, dict[str, jax.Array]]:
   """The train step's inputs to the loss: latents, structure and (possibly dropped-out) content.
 
-  No gradient flows into them. `config` is the train config (content_dropout, structure_dropout,
-  content_flip).
+  No gradient flows into them. `config` is the train config (content_dropout, structure_dropout).
   Returns latents (B, T, h, w, C), structure (B, T, h, w, Cs) or None, and the content keyword of
   `model.encode_content`: {'tokens': (B, L)}, where a dropped sample holds the empty prompt's ids, or
   {'image_embeds': (B, D)}, where a dropped sample holds zeros (`model.null_content`'s embedding).
@@ -62,8 +60,7 @@ def conditioning(model: VideoDiffusionModel, config: ml_collections.ConfigDict, 
                         "frames for the CLIP tower nor cached 'image_embeds'",
                         "feed batches with precomputed CLIP image embeddings 'image_embeds' (B, D) beside the "
                         "latents, or set data.use_latents=False so the frozen CLIP tower embeds a frame of each clip")
-    embeds = batch["image_embeds"] if "image_embeds" in batch else model.embed_frames(
-        frozen, batch["frames"], frame_key, config.content_flip)
+    embeds = batch["image_embeds"] if "image_embeds" in batch else model.embed_frames(frozen, batch["frames"], frame_key)
     content = {"image_embeds": jnp.where(drop[:, None], 0.0, embeds)}
   return latents, structure, content
 
