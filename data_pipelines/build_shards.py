@@ -16,7 +16,7 @@ toy main job's builder, no Beam needed); both write the same bytes.
 Clips are T frames (--num_frames, default 8) taken --stride frames apart (default 4: Gen-1 uses 8 at
 stride 4, Make-Your-Video 16 at stride 4), resized and centre-cropped to --height x --width; by
 default one clip a video from its start, or several (--clips_per_video, --clip_stride,
---clip_offsets, --seed, --min_video_frames, --scene_cut_threshold, --content_views: `vidjax.data.clips`). Sources and
+--clip_offsets, --seed, --min_video_frames, --scene_cut_threshold: `vidjax.data.clips`). Sources and
 depth methods are described in `vidjax.data.sources` and `vidjax.data.depth_estimators`; the record
 format in `vidjax.data.records`.
 
@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
   add("--num_examples", type=_positive, help="toy: how many (default 64); others: at most")
   add("--seed", type=int, default=0, help="toy: scene seeds derive from it; --clip_offsets random too")
   add("--with_masks", action="store_true", help="toy: store object masks")
+  add("--content_views", type=_non_negative, default=0,
+      help="toy: also store this many views of each scene from after the clip (CLIP-image content)")
   add("--captions", help="folder: CSV or JSONL with 'path' and 'caption'")
   add("--tfds_name")
   add("--split", default="train")
@@ -100,9 +102,6 @@ def _parser() -> argparse.ArgumentParser:
   add("--min_video_frames", type=_non_negative, default=0, help="skip shorter videos (0 = one clip's span)")
   add("--scene_cut_threshold", type=float, default=0.0,
       help="0 = off; else clips never cross a frame change above this mean absolute difference (0-255; try 30)")
-  add("--content_views", type=_non_negative, default=0,
-      help="also store this many frames of each clip's scene from outside the clip (CLIP-image content; "
-           "toy: rendered after it)")
   add("--depth", choices=depth_estimators.DEPTH_METHODS,
       help="default: toy for --source toy; required otherwise")
   add("--depth_dir", help="depth folder: <depth_dir>/<key>.npy")
@@ -119,8 +118,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace) -> BuildSpec:
   """Turns parsed flags into a BuildSpec; InputError for a flag that misses its partner."""
+  if args.content_views and args.source != "toy":
+    raise InputError("--content_views", f"only the toy world renders views of a clip's scene, not --source {args.source}",
+                     "drop --content_views (a CLIP-image model then embeds a frame of each clip)")
   if args.source == "toy":
-    source = ToySource(args.num_examples or 64, args.seed, args.with_masks)
+    source = ToySource(args.num_examples or 64, args.seed, args.with_masks, args.content_views)
   elif args.source == "folder":
     if not args.captions:
       raise InputError("--captions", "--source folder needs a captions file",
@@ -140,7 +142,7 @@ def spec_from_args(args: argparse.Namespace) -> BuildSpec:
   clip = ClipSpec(args.num_frames, args.stride, args.height, args.width, args.min_source_side,
                   clips_per_video=args.clips_per_video, clip_stride=args.clip_stride,
                   clip_offsets=args.clip_offsets, seed=args.seed, min_video_frames=args.min_video_frames,
-                  scene_cut_threshold=args.scene_cut_threshold, content_views=args.content_views).check()
+                  scene_cut_threshold=args.scene_cut_threshold).check()
   return BuildSpec(source, clip, args.output_dir, depth, args.depth_dir, args.depth_weights,
                    args.examples_per_shard, load_depth_model=load_dpt, **_encoders(args))
 

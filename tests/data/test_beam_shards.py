@@ -251,21 +251,3 @@ def test_scene_cuts_split_the_video_and_no_clip_crosses_one():
     flicker = np.array([0, 255] * 8, np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
     clips.cut_clips(flicker, clip, "flicker.mp4", "flicker")
 
-
-
-def test_content_views_come_from_the_clips_scene_outside_the_clip_and_are_drawn_reproducibly():
-  scenes = [(0, 20), (20, 32)]  # span 7 (FRAMES at STRIDE)
-  clip = clips.ClipSpec(FRAMES, STRIDE, 8, 8, clips_per_video=0, scene_cut_threshold=30.0, content_views=4)
-  assert clip.frames_needed is None  # views may lie anywhere in the scene
-  for start, first, end in ((0, 0, 20), (7, 0, 20), (20, 20, 32)):
-    views = clips.content_view_indices(start, clip, scenes, "v.mp4", "v")
-    assert len(set(views)) == 4 and list(views) == sorted(views)
-    assert all(first <= v < end and not start <= v < start + clip.span for v in views)
-    np.testing.assert_array_equal(views, clips.content_view_indices(start, clip, scenes, "v.mp4", "v"))
-  drawn = {tuple(clips.content_view_indices(0, clip, scenes, "v.mp4", key)) for key in "abcdef"}
-  assert len(drawn) > 1  # drawn per video, not one fixed choice
-  with pytest.raises(InputError, match=r"v.mp4: 5 frames outside the clip at frame 20 in its scene \[20, 32\), "
-                                       "--content_views needs 6"):
-    clips.content_view_indices(20, dataclasses.replace(clip, content_views=6), scenes, "v.mp4", "v")
-  with pytest.raises(InputError, match="--content_views"):
-    dataclasses.replace(clip, content_views=-1).check()

@@ -15,7 +15,6 @@ from data_pipelines import build_shards
 from vidjax.data.sources import ClipSpec, ToySource
 from vidjax.data import loader
 from vidjax.data import records
-from vidjax.data import video_io
 from vidjax.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL
 from vidjax.toyworld import render_clip, render_views, save_tokenizer
 
@@ -64,26 +63,18 @@ def test_toy_shards_hold_the_rendered_clips(tmp_path):
   assert os.path.getsize(tmp_path / records.SKIPPED_NAME) == 0
 
 
-def test_content_views_are_later_toy_renders_or_frames_of_the_video_outside_the_clip(tmp_path, capsys):
+def test_toy_content_views_are_stored_beside_the_clip_and_only_for_the_toy_source(tmp_path, capsys):
   assert build_toy_shards(tmp_path / "toy", 3, examples_per_shard=3, extra=("--content_views", "2")) == EXIT_OK
   source = records.ExampleSource(tmp_path / "toy")
   assert source.manifest.fields[records.CONTENT_FRAMES] == records.FieldSpec((2, 16, 16, 3), "uint8")
   item = ToySource(3, 0).items()[1]
   np.testing.assert_array_equal(source[1][records.CONTENT_FRAMES],
                                 render_views(item.ref, 2, after_step=3 * 2, height=16, width=16))
-  # Videos: good.mp4 has 10 frames, good2.mp4 9; a clip spans 7 (4 at stride 2), so 3 and 2 lie outside.
-  root, out = tmp_path / "videos", tmp_path / "shards"
+  root = tmp_path / "videos"
   make_video_folder(root)
-  for key in ("good", "clips/good2", "one_frame", "truncated", "empty", "notes"):
-    write_depth(root / "depth", key, (4, 16, 24))
-  assert build_shards.main(folder_args(root, out, "--content_views", "3")) == EXIT_PARTIAL
-  source = records.ExampleSource(out)
-  assert [source[i]["key"] for i in range(len(source))] == ["good"]
-  decoded = video_io.read_video(root / "good.mp4")
-  np.testing.assert_array_equal(source[0][records.CONTENT_FRAMES], video_io.resize_center_crop(decoded[7:], 16, 24))
-  skipped = {json.loads(line)["key"]: json.loads(line)["reason"] for line in open(out / records.SKIPPED_NAME)}
-  assert "2 frames outside the clip at frame 0" in skipped["clips/good2"] and "--content_views needs 3" in skipped["clips/good2"]
-  capsys.readouterr()
+  assert build_shards.main(folder_args(root, tmp_path / "out", "--content_views", "2")) == EXIT_ERROR
+  assert "only the toy world renders views" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "out")
 
 
 def test_rerun_skips_finished_shards(tmp_path, capsys):

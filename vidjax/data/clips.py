@@ -17,14 +17,6 @@ clip from frame 0 (the builder's first behaviour, so default shards keep their b
                    cuts differ by 40-100 on this scale and smooth motion by a few units, so 30 is a
                    sensible first value (a simple detector: a fade is no cut).
 
-Content views (`content_views` V > 0, off by default): each clip also gets V frames of its scene
-from outside the clip, the pictures a CLIP-image model (Gen-1) embeds as its content instead of a
-frame of the clip, so that the content's layout is not the clip's (as when a user prompts with
-another picture; a small CLIP leaks layout, Gen-1's ViT-L/14 less so). From a video: V distinct
-frames of the clip's scene before or after its span, drawn from (seed, key, start); a scene without
-V such frames skips the item with the reason. The toy world renders them later on the camera path
-(`toyworld.render_views`).
-
 Under any policy but the default, examples record their start frame (`start_frame`) and their key
 is `<item key>@<start frame>`, so the clips of one video have distinct keys.
 """
@@ -59,7 +51,6 @@ class ClipSpec:
   seed: int = 0
   min_video_frames: int = 0
   scene_cut_threshold: float = 0.0
-  content_views: int = 0
 
   @property
   def span(self) -> int:
@@ -74,8 +65,6 @@ class ClipSpec:
   @property
   def frames_needed(self) -> int | None:
     """How many leading frames of a video the policy can use (None: all of them)."""
-    if self.content_views:
-      return None  # views come from anywhere in the clip's scene
     if self.clip_offsets == "fixed" and not self.scene_cut_threshold and self.clips_per_video:
       return max((self.clips_per_video - 1) * self.step + self.span, self.min_video_frames)
     return None
@@ -90,7 +79,7 @@ class ClipSpec:
     for name in ("num_frames", "stride", "height", "width"):
       if getattr(self, name) < 1:
         raise InputError(f"--{name}", f"must be >= 1, got {getattr(self, name)}", fix)
-    for name in ("min_source_side", "clips_per_video", "clip_stride", "min_video_frames", "content_views"):
+    for name in ("min_source_side", "clips_per_video", "clip_stride", "min_video_frames"):
       if getattr(self, name) < 0:
         raise InputError(f"--{name}", f"must be >= 0, got {getattr(self, name)}", fix)
     if self.clip_offsets not in CLIP_OFFSETS:
@@ -151,19 +140,3 @@ def cut_clips(video: np.ndarray, clip: ClipSpec, name: str, key: str) -> list[tu
                      f"--scene_cut_threshold {clip.scene_cut_threshold}",
                      "raise --scene_cut_threshold, or drop the video")
   return [(s, video[s:s + clip.span:clip.stride]) for s in starts]
-
-
-def content_view_indices(start: int, clip: ClipSpec, scenes: list[tuple[int, int]], name: str, key: str) -> np.ndarray:
-  """int (V,): the frames a clip starting at `start` takes its content views from, in order.
-
-  V distinct frames of the clip's scene (one of `scene_bounds`) outside [start, start + span), drawn
-  from (seed, key, start); InputError naming `name` when the scene has fewer.
-  """
-  first, end = next((f, e) for f, e in scenes if f <= start < e)
-  outside = np.concatenate([np.arange(first, start), np.arange(start + clip.span, end)])
-  if len(outside) < clip.content_views:
-    raise InputError(name, f"{len(outside)} frames outside the clip at frame {start} in its scene "
-                     f"[{first}, {end}), --content_views needs {clip.content_views}",
-                     "lower --content_views, --num_frames or --stride, or drop the video")
-  chosen = _rng(clip, f"{key}@{start}").choice(outside, clip.content_views, replace=False)
-  return np.sort(chosen)

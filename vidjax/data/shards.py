@@ -222,14 +222,14 @@ def estimator(spec: BuildSpec) -> depth_estimators.DepthEstimator:
 @functools.lru_cache(maxsize=4)
 def schema(spec: BuildSpec) -> dict[str, records.FieldSpec]:
   """The records' fields; `start_frame` (int32) under a clip policy other than one clip from the start,
-  `content_frames` under one with content views."""
+  `content_frames` when the source renders content views."""
   clip = spec.clip
   probe = np.zeros((clip.num_frames, clip.height, clip.width, 3), np.uint8)
   latent_shape = None if spec.encode_fn is None else np.shape(spec.encode_fn(probe))
   fields = records.clip_fields(clip.num_frames, clip.height, clip.width, latent_shape=latent_shape,
                                with_masks=getattr(spec.source, "with_masks", False),
                                with_start_frame=not clip.from_start,
-                               content_views=clip.content_views)
+                               content_views=getattr(spec.source, "content_views", 0))
   if spec.embed_fn is not None:
     fields[records.CLIP_EMBEDDINGS] = records.FieldSpec(np.shape(spec.embed_fn(probe)), "float16")
   return fields

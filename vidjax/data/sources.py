@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from vidjax.data.clips import ClipSpec, content_view_indices, cut_clips, scene_bounds
+from vidjax.data.clips import ClipSpec, cut_clips
 from vidjax.errors import InputError
 
 __all__ = ["ClipSpec", "FolderSource", "Item", "SourceClip", "TfdsSource", "ToySource"]
@@ -66,17 +66,12 @@ class SourceClip:
 
 
 def video_clips(video: np.ndarray, clip: ClipSpec, name: str, item: Item, caption: str) -> list[SourceClip]:
-  """The clips of a decoded video (N, h, w, C), fitted to H x W, with their content views when the
-  policy asks (`clips.content_view_indices`); InputError naming `name` if it gives none."""
-  scenes = scene_bounds(video, clip.scene_cut_threshold) if clip.content_views else []
+  """The clips of a decoded video (N, h, w, C), fitted to H x W; InputError naming `name` if it gives none."""
   out = []
   for start, frames in cut_clips(video, clip, name, item.key):
     fitted, warnings = _fit(frames, clip, name)
-    views = None
-    if clip.content_views:
-      views = _fit(video[content_view_indices(start, clip, scenes, name, item.key)], clip, name)[0]
     key = item.key if clip.from_start else f"{item.key}@{start}"
-    out.append(SourceClip(key, caption, fitted, content_frames=views, warnings=warnings, start_frame=start))
+    out.append(SourceClip(key, caption, fitted, warnings=warnings, start_frame=start))
   return out
 
 
@@ -104,13 +99,15 @@ def _fit(frames: np.ndarray, clip: ClipSpec, name: str) -> tuple[np.ndarray, tup
 class ToySource:
   """`num_examples` procedural toy-world clips; item i renders scene seed hash(seed, i).
 
-  A clip policy with `content_views` also renders that many views of each scene from later on its
-  camera path (`toyworld.render_views`).
+  `content_views` > 0 also renders that many views of each scene from later on its camera path
+  (`toyworld.render_views`), so a CLIP-image model can learn content from a picture whose layout is
+  not the clip's, as image prompting gives it.
   """
 
   num_examples: int
   seed: int
   with_masks: bool = False
+  content_views: int = 0
   kind = "toy"
 
   @property
@@ -133,8 +130,8 @@ class ToySource:
       labels = np.arange(1, toy.masks.shape[1] + 1, dtype=np.uint8)[None, :, None, None]
       masks = (toy.masks * labels).max(axis=1, initial=0).astype(np.uint8)
     views = None
-    if clip.content_views:
-      views = toyworld.render_views(item.ref, clip.content_views, (clip.num_frames - 1) * clip.stride,
+    if self.content_views:
+      views = toyworld.render_views(item.ref, self.content_views, (clip.num_frames - 1) * clip.stride,
                                     clip.height, clip.width)
     return [SourceClip(item.key, toy.caption, toy.rgb, toy.disparity, masks, content_frames=views)]
 
