@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data.build = ml_collections.ConfigDict(dict(source="toy", num_examples=512, seed=0, num_frames=FRAMES,
                                                      stride=2, size=SIZE, examples_per_shard=64, num_workers=1,
-                                                     with_masks=True, content_views=0))
+                                                     with_masks=True))
   config.data.batch_size = 4
   config.data.max_caption_tokens = 24  # the longest caption (3 objects) is 20 tokens with bos/eos
   # t_s = 0 only, as SD-2-depth and Make-Your-Video train. 1-channel depth has no t_s channels, so with

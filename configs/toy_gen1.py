@@ -61,10 +61,6 @@ def get_config() -> ml_collections.ConfigDict:
   # 16384 scenes, not the embedded checkpoint's 2048: on 2048 the toy CLIP overfits (training loss 0.06)
   # and binds colours to objects on held-out scenes only 72.9 % of the time (swap test), on 16384 97.6 %.
   config.data.build.num_examples = 16384
-  # Two views of each scene from after its clip (`toyworld.render_views`): the content pictures the
-  # main stage embeds, so it learns colours from a picture whose layout is not the clip's, as image
-  # prompting gives it (the model card has what in-clip frames gave).
-  config.data.build.content_views = 2
 
   # A ViT over 8x8 patches of the 64x64 frames; its 64-wide projection is the UNet's context width.
   config.model.content = "image"

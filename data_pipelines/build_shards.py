@@ -79,8 +79,6 @@ def _parser() -> argparse.ArgumentParser:
   add("--num_examples", type=_positive, help="toy: how many (default 64); others: at most")
   add("--seed", type=int, default=0, help="toy: scene seeds derive from it; --clip_offsets random too")
   add("--with_masks", action="store_true", help="toy: store object masks")
-  add("--content_views", type=_non_negative, default=0,
-      help="toy: also store this many views of each scene from after the clip (CLIP-image content)")
   add("--captions", help="folder: CSV or JSONL with 'path' and 'caption'")
   add("--tfds_name")
   add("--split", default="train")
@@ -118,11 +116,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace) -> BuildSpec:
   """Turns parsed flags into a BuildSpec; InputError for a flag that misses its partner."""
-  if args.content_views and args.source != "toy":
-    raise InputError("--content_views", f"only the toy world renders views of a clip's scene, not --source {args.source}",
-                     "drop --content_views (a CLIP-image model then embeds a frame of each clip)")
   if args.source == "toy":
-    source = ToySource(args.num_examples or 64, args.seed, args.with_masks, args.content_views)
+    source = ToySource(args.num_examples or 64, args.seed, args.with_masks)
   elif args.source == "folder":
     if not args.captions:
       raise InputError("--captions", "--source folder needs a captions file",

@@ -16,7 +16,7 @@ from vidjax.data.sources import ClipSpec, ToySource
 from vidjax.data import loader
 from vidjax.data import records
 from vidjax.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL
-from vidjax.toyworld import render_clip, render_views, save_tokenizer
+from vidjax.toyworld import render_clip, save_tokenizer
 
 
 class VidjaxTestVideos(tfds.core.GeneratorBasedBuilder):
@@ -61,20 +61,6 @@ def test_toy_shards_hold_the_rendered_clips(tmp_path):
   np.testing.assert_array_equal(example["depth"], clip.disparity.astype(np.float16))
   np.testing.assert_array_equal(example["masks"] > 0, clip.masks.any(axis=1))
   assert os.path.getsize(tmp_path / records.SKIPPED_NAME) == 0
-
-
-def test_toy_content_views_are_stored_beside_the_clip_and_only_for_the_toy_source(tmp_path, capsys):
-  assert build_toy_shards(tmp_path / "toy", 3, examples_per_shard=3, extra=("--content_views", "2")) == EXIT_OK
-  source = records.ExampleSource(tmp_path / "toy")
-  assert source.manifest.fields[records.CONTENT_FRAMES] == records.FieldSpec((2, 16, 16, 3), "uint8")
-  item = ToySource(3, 0).items()[1]
-  np.testing.assert_array_equal(source[1][records.CONTENT_FRAMES],
-                                render_views(item.ref, 2, after_step=3 * 2, height=16, width=16))
-  root = tmp_path / "videos"
-  make_video_folder(root)
-  assert build_shards.main(folder_args(root, tmp_path / "out", "--content_views", "2")) == EXIT_ERROR
-  assert "only the toy world renders views" in capsys.readouterr().err
-  assert not os.path.exists(tmp_path / "out")
 
 
 def test_rerun_skips_finished_shards(tmp_path, capsys):

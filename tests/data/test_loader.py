@@ -189,25 +189,3 @@ def test_gen1_stage_data_settings_load_without_a_tokenizer(data, stage):
   config.data_dir, config.batch_size, config.read_threads, config.prefetch_batches = data[0], 2, 1, 0
   batch = take(config, 1)[0]
   assert "tokens" not in batch and batch["frames"].ndim == 5
-
-
-def test_content_views_give_one_stored_view_per_clip_and_leave_the_rest_of_the_stream_alone(tmp_path, data):
-  assert build_toy_shards(tmp_path / "views", NUM_EXAMPLES, num_frames=NUM_FRAMES, size=SIZE,
-                          extra=("--content_views", "2")) == 0
-  views_data = (str(tmp_path / "views"), data[1])
-  stored = records.ExampleSource(views_data[0])
-  views_of = {stored[i]["frames"].tobytes(): stored[i]["content_frames"] for i in range(len(stored))}
-  batches = take(make_config(views_data, image_fraction=0.0), 12)
-  picked = []
-  for batch in batches:
-    assert batch["content_frames"].shape == (2, 1, SIZE, SIZE, 3) and batch["content_frames"].dtype == np.float32
-    for frames, view in zip(batch["frames"], batch["content_frames"]):
-      views = views_of[np.round((frames + 1) * 127.5).astype(np.uint8).tobytes()]
-      pixels = np.round((view[0] + 1) * 127.5).astype(np.uint8)
-      picked.append([i for i in range(2) if np.array_equal(views[i], pixels)])
-  assert all(len(p) == 1 for p in picked) and {p[0] for p in picked} == {0, 1}  # a stored view, both used
-  # Everything else is the stream of the same shards without views (the view is drawn last).
-  plain = take(make_config(data, image_fraction=0.0), 12)
-  assert_same_batches(plain, [{k: v for k, v in b.items() if k != "content_frames"} for b in batches])
-  # An image batch's content is its own frame, as in Gen-1: it carries no views.
-  assert "content_frames" not in take(make_config(views_data, image_fraction=1.0), 1)[0]

@@ -123,19 +123,3 @@ def test_image_content_is_the_clip_embedding_of_the_clips_frames_and_dropped_con
   # Cached embeddings in the batch are used instead of the tower's (data.use_latents runs feed them).
   cached = np.random.default_rng(1).standard_normal((CLIPS, 16)).astype(np.float32)
   np.testing.assert_array_equal(embeds(_dropout(0.0, 0.0), {**batch, "image_embeds": cached}), cached)
-
-
-def test_content_views_in_the_batch_are_embedded_instead_of_the_clips_frames(image_model):
-  """Shards with content views (`ToySource.content_views`): the loader's 'content_frames' are the content."""
-  model, params = image_model
-  batch = _image_batch()
-  views = _image_batch(seed=3)["frames"][:, :1]
-  embeds = np.asarray(jax.jit(lambda b, key: conditioning(model, _dropout(0.0, 0.0), params, b, key)[2])(
-      {**batch, "content_frames": views}, jax.random.key(0))["image_embeds"])
-  np.testing.assert_allclose(embeds, np.asarray(model.embed_frames(params, views, jax.random.key(0))),
-                             rtol=1e-6, atol=1e-6)
-  own = np.asarray(model.embed_frames(params, batch["frames"], jax.random.key(0)))
-  assert not np.allclose(embeds, own, rtol=1e-4, atol=1e-4)  # the views, not the clip's frames
-  # The sample summary's fixed content is the first clip's view too.
-  summary = loop.sample_conditioning({**batch, "content_frames": views}, model, params)
-  np.testing.assert_allclose(summary["image_embeds"], embeds[:1], rtol=1e-5, atol=1e-5)

@@ -16,10 +16,6 @@ stored size, or an image batch's bucket when image_buckets is set):
   tokens              int32 (N, L), the caption's token ids padded to L (absent without tokenizer_dir:
                       image-content training, Gen-1's, reads no captions)
   object_mask         float32 (N, T|1, H, W, 1), 1 on object pixels (only when the shards hold masks)
-  content_frames      float32 (B, 1, H, W, 3) in [-1, 1], one of each clip's stored content views
-                      (only in video batches, when the shards hold them): what a CLIP-image model
-                      embeds as the content instead of a frame of the clip; an image batch's
-                      content is its frame, as in Gen-1
   is_image            bool, 0-d: True for an image batch
 
 How the stream is made, and why:
@@ -190,11 +186,6 @@ class AssembleBatch(grain.transforms.MapWithIndex):
       batch["tokens"] = tokenize(captions, s.tokenizer_dir, s.max_caption_tokens)
     if "masks" in clips:
       batch["object_mask"] = (clips["masks"] > 0).astype(np.float32)[..., None]
-    if records.CONTENT_FRAMES in s.fields and not is_image:
-      # One stored view per clip, drawn after t_s so shards without views keep their streams.
-      views = np.stack([e[records.CONTENT_FRAMES] for e in examples])
-      chosen = views[np.arange(len(views)), rng.integers(0, views.shape[1], size=len(views))]
-      batch[records.CONTENT_FRAMES] = (chosen[:, None].astype(np.float32) / 127.5 - 1.0)
     return batch
 
 

@@ -21,8 +21,6 @@ Fields of an example (T frames of H x W):
   masks    uint8 (T, H, W), optional: 0 = background, k = the k-th object of the caption
   start_frame  int32 (), optional: the video frame the clip starts at (clip policies other than
            one clip from the start, `vidjax.data.clips`)
-  content_frames  uint8 (V, H, W, 3), optional: pictures of the clip's scene from outside the clip
-           (toy: `ToySource.content_views`), the content images of CLIP-image training
 
 Each record is one msgpack map (no pickle): strings as strings, arrays as {"dtype", "shape",
 "data"} with the raw bytes; readers check every record against the manifest's fields.
@@ -44,7 +42,6 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SKIPPED_NAME = "skipped.jsonl"
 CLIP_EMBEDDINGS = "clip_embeddings"
-CONTENT_FRAMES = "content_frames"
 STRING = "str"
 # One record per chunk, so reading record i decodes only record i (random access for shuffling).
 WRITER_OPTIONS = "group_size:1"
@@ -63,8 +60,7 @@ class FieldSpec:
 
 def clip_fields(num_frames: int, height: int, width: int, *,
                 latent_shape: tuple[int, ...] | None = None,
-                with_masks: bool = False, with_start_frame: bool = False,
-                content_views: int = 0) -> dict[str, FieldSpec]:
+                with_masks: bool = False, with_start_frame: bool = False) -> dict[str, FieldSpec]:
   """The schema of a clip example: frames, depth, caption, key, and the optional fields."""
   fields = {
       "frames": FieldSpec((num_frames, height, width, 3), "uint8"),
@@ -78,8 +74,6 @@ def clip_fields(num_frames: int, height: int, width: int, *,
     fields["masks"] = FieldSpec((num_frames, height, width), "uint8")
   if with_start_frame:
     fields["start_frame"] = FieldSpec((), "int32")
-  if content_views:
-    fields[CONTENT_FRAMES] = FieldSpec((content_views, height, width, 3), "uint8")
   return fields
 
 

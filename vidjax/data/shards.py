@@ -221,15 +221,13 @@ def estimator(spec: BuildSpec) -> depth_estimators.DepthEstimator:
 
 @functools.lru_cache(maxsize=4)
 def schema(spec: BuildSpec) -> dict[str, records.FieldSpec]:
-  """The records' fields; `start_frame` (int32) under a clip policy other than one clip from the start,
-  `content_frames` when the source renders content views."""
+  """The records' fields; `start_frame` (int32) under a clip policy other than one clip from the start."""
   clip = spec.clip
   probe = np.zeros((clip.num_frames, clip.height, clip.width, 3), np.uint8)
   latent_shape = None if spec.encode_fn is None else np.shape(spec.encode_fn(probe))
   fields = records.clip_fields(clip.num_frames, clip.height, clip.width, latent_shape=latent_shape,
                                with_masks=getattr(spec.source, "with_masks", False),
-                               with_start_frame=not clip.from_start,
-                               content_views=getattr(spec.source, "content_views", 0))
+                               with_start_frame=not clip.from_start)
   if spec.embed_fn is not None:
     fields[records.CLIP_EMBEDDINGS] = records.FieldSpec(np.shape(spec.embed_fn(probe)), "float16")
   return fields
@@ -273,8 +271,6 @@ def finish_clips(spec: BuildSpec, pairs: list[tuple[Item, SourceClip]]) -> list[
       example["masks"] = clip.masks
     if "start_frame" in fields:
       example["start_frame"] = clip.start_frame
-    if records.CONTENT_FRAMES in fields:
-      example[records.CONTENT_FRAMES] = clip.content_frames
     out.append(records.encode_example(example, fields))
   return out
 

@@ -49,8 +49,6 @@ class SourceClip:
     frames: uint8 (T, H, W, 3).
     depth: float32 (T, H, W) in [0, 1], ground-truth inverse depth when the source has it.
     masks: uint8 (T, H, W) object labels (0 = background) when the source has them.
-    content_frames: uint8 (V, H, W, 3), pictures of the same scene from outside the clip, when the
-      source has them: the content images of Gen-1-style training (`records.clip_fields`).
     warnings: what loading changed that the build report should say (e.g. an upscale).
     start_frame: the video frame the clip starts at.
   """
@@ -60,7 +58,6 @@ class SourceClip:
   frames: np.ndarray
   depth: np.ndarray | None = None
   masks: np.ndarray | None = None
-  content_frames: np.ndarray | None = None
   warnings: tuple[str, ...] = ()
   start_frame: int = 0
 
@@ -97,17 +94,11 @@ def _fit(frames: np.ndarray, clip: ClipSpec, name: str) -> tuple[np.ndarray, tup
 
 @dataclasses.dataclass(frozen=True)
 class ToySource:
-  """`num_examples` procedural toy-world clips; item i renders scene seed hash(seed, i).
-
-  `content_views` > 0 also renders that many views of each scene from later on its camera path
-  (`toyworld.render_views`), so a CLIP-image model can learn content from a picture whose layout is
-  not the clip's, as image prompting gives it.
-  """
+  """`num_examples` procedural toy-world clips; item i renders scene seed hash(seed, i)."""
 
   num_examples: int
   seed: int
   with_masks: bool = False
-  content_views: int = 0
   kind = "toy"
 
   @property
@@ -129,11 +120,7 @@ class ToySource:
     if self.with_masks:
       labels = np.arange(1, toy.masks.shape[1] + 1, dtype=np.uint8)[None, :, None, None]
       masks = (toy.masks * labels).max(axis=1, initial=0).astype(np.uint8)
-    views = None
-    if self.content_views:
-      views = toyworld.render_views(item.ref, self.content_views, (clip.num_frames - 1) * clip.stride,
-                                    clip.height, clip.width)
-    return [SourceClip(item.key, toy.caption, toy.rgb, toy.disparity, masks, content_frames=views)]
+    return [SourceClip(item.key, toy.caption, toy.rgb, toy.disparity, masks)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ Small, exact and fast (pure numpy ray casting), for tests, benchmarks and toy tr
 import os
 
 from vidjax.toyworld.captions import VOCAB_WORDS, caption_for
-from vidjax.toyworld.clip import ToyClip, normalised_disparity, render_clip, render_views
+from vidjax.toyworld.clip import ToyClip, normalised_disparity, render_clip
 from vidjax.toyworld.render import FAR, render_scene
 from vidjax.toyworld.scene import (COLOURS, FLOORS, SHAPES, TIMES_OF_DAY, Scene, ToyObject,
                                    paint, recolour, sample_scene)
@@ -29,5 +29,5 @@ GEN1_CHECKPOINT = os.path.join(os.path.dirname(CHECKPOINT), "toy_gen1")
 __all__ = [
     "CHECKPOINT", "COLOURS", "FIDELITY_CHECKPOINT", "FAR", "FLOORS", "GEN1_CHECKPOINT", "SHAPES", "TIMES_OF_DAY",
     "VOCAB_WORDS", "Scene", "ToyClip", "ToyObject", "build_tokenizer", "caption_for", "normalised_disparity", "paint", "recolour",
-    "render_clip", "render_scene", "render_views", "sample_scene", "save_tokenizer",
+    "render_clip", "render_scene", "sample_scene", "save_tokenizer",
 ]

@@ -1,5 +1,4 @@
-"""`render_clip`: a toy video with ground-truth depth, disparity, masks and caption; `render_views`:
-pictures of its scene from later on its camera path (content images for Gen-1-style training)."""
+"""`render_clip`: a toy video with ground-truth depth, disparity, masks and caption."""
 
 from __future__ import annotations
 
@@ -11,12 +10,6 @@ from vidjax.errors import InputError
 from vidjax.toyworld import captions
 from vidjax.toyworld import render
 from vidjax.toyworld import scene as scene_lib
-
-
-# render_views draws its time steps from this far after the clip (20 steps: the clip itself spans 14
-# at 8 frames, stride 2), and from its own random stream of the scene seed.
-VIEW_HORIZON = 20
-_VIEWS_STREAM = 7
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -77,28 +70,6 @@ def render_clip(seed: int, num_frames: int = 8, height: int = 64, width: int = 6
       time_of_day=scene.time_of_day,
       seed=scene.seed,
   )
-
-
-def render_views(seed: int, num_views: int, after_step: int, height: int = 64, width: int = 64,
-                 scene: scene_lib.Scene | None = None) -> np.ndarray:
-  """uint8 (V, H, W, 3): the scene seen at V time steps after `after_step` (a clip's last frame).
-
-  Objects have moved and the camera has turned by then, so a view shows the scene's colours and
-  shapes but not the clip's layout: a content image that cannot stand in for the depth. The steps
-  are drawn from `seed` among 2V candidates in (after_step, after_step + VIEW_HORIZON], keeping the
-  V where the least visible object shows most (an object out of view would teach the model to
-  invent its colour); they are returned in time order.
-  """
-  if int(num_views) != num_views or num_views < 1:
-    raise InputError("num_views", f"must be a positive integer, got {num_views!r}", "pass num_views >= 1")
-  scene = scene_lib.sample_scene(seed) if scene is None else scene
-  rng = np.random.default_rng([scene.seed, _VIEWS_STREAM])
-  candidates = after_step + 1 + np.sort(rng.choice(VIEW_HORIZON, size=min(2 * num_views, VIEW_HORIZON), replace=False))
-  frames = render.render_scene(scene, candidates, height, width)
-  object_ids = np.arange(1, len(scene.objects) + 1, dtype=np.int8)
-  least_visible = (frames.surface[:, None] == object_ids[None, :, None, None]).sum(axis=(2, 3)).min(axis=1)
-  chosen = np.sort(np.argsort(-least_visible, kind="stable")[:num_views])
-  return frames.rgb[chosen]
 
 
 def normalised_disparity(depth: np.ndarray) -> np.ndarray:

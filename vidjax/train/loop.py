@@ -228,16 +228,15 @@ def sample_conditioning(batch: dict[str, Any], model=None, params=None) -> dict[
 
   The depth comes blurred by the clip's t_s, so its `structure_fidelity` comes too: a 'depth_latent'
   model reads t_s as channels, and must see the value the depth was blurred with. An image-content
-  model (Gen-1) gets the CLIP image embedding (1, D) of the clip's content view, or else of its first
-  frame, from its frozen image encoder (`model.embed_frames`, as the train step embeds a batch), when
-  the batch carries none: loader batches never do.
+  model (Gen-1) gets the CLIP image embedding (1, D) of the clip's first frame from its frozen image
+  encoder (`model.embed_frames`, as the train step embeds a batch), when the batch carries none:
+  loader batches never do.
   """
   conditioning = {k: batch[k][:1] for k in ("depth", "structure_fidelity", "tokens", "image_embeds") if k in batch}
-  pictures = batch.get("content_frames", batch.get("frames"))
   if (model is not None and model.config.content == "image" and "image_embeds" not in conditioning
-      and pictures is not None):
+      and "frames" in batch):
     # One frame, so embed_frames' random frame choice has nothing to choose: the key does not matter.
-    embeds = model.embed_frames(params, np.asarray(pictures[:1, :1]), jax.random.key(0))
+    embeds = model.embed_frames(params, np.asarray(batch["frames"][:1, :1]), jax.random.key(0))
     conditioning["image_embeds"] = np.asarray(jax.device_get(embeds))
   return conditioning
 

@@ -40,8 +40,7 @@ def conditioning(model: VideoDiffusionModel, config: ml_collections.ConfigDict, 
   No gradient flows into them. `config` is the train config (content_dropout, structure_dropout).
   Returns latents (B, T, h, w, C), structure (B, T, h, w, Cs) or None, and the content keyword of
   `model.encode_content`: {'tokens': (B, L)}, where a dropped sample holds the empty prompt's ids, or
-  {'image_embeds': (B, D)}, where a dropped sample holds zeros (`model.null_content`'s embedding): of
-  the batch's 'content_frames' when it has them (pictures from outside the clip), else of a frame.
+  {'image_embeds': (B, D)}, where a dropped sample holds zeros (`model.null_content`'s embedding).
   Content and structure are dropped independently (their own keys).
   """
   latent_key, frame_key, drop_content_key, drop_structure_key = jax.random.split(rng, 4)
@@ -55,14 +54,13 @@ def conditioning(model: VideoDiffusionModel, config: ml_collections.ConfigDict, 
   drop = jax.random.uniform(drop_content_key, (b,)) < config.content_dropout
   if model.config.content == "text":
     content = {"tokens": jnp.where(drop[:, None], model.null_tokens(b), batch["tokens"])}
-  else:  # Gen-1: the CLIP embedding of a random frame (cached embeddings, or content views, when the batch has them)
-    pictures = batch.get("content_frames", batch.get("frames"))
-    if "image_embeds" not in batch and pictures is None:
+  else:  # Gen-1: the CLIP embedding of a random frame (cached embeddings when the batch has them)
+    if "image_embeds" not in batch and "frames" not in batch:
       raise ConfigError("data.use_latents", "is set for a CLIP-image-content model, but the batches hold neither "
                         "frames for the CLIP tower nor cached 'image_embeds'",
                         "feed batches with precomputed CLIP image embeddings 'image_embeds' (B, D) beside the "
                         "latents, or set data.use_latents=False so the frozen CLIP tower embeds a frame of each clip")
-    embeds = batch["image_embeds"] if "image_embeds" in batch else model.embed_frames(frozen, pictures, frame_key)
+    embeds = batch["image_embeds"] if "image_embeds" in batch else model.embed_frames(frozen, batch["frames"], frame_key)
     content = {"image_embeds": jnp.where(drop[:, None], 0.0, embeds)}
   return latents, structure, content
 

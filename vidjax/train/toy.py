@@ -43,8 +43,7 @@ def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, s
     if build.source != "toy":
       raise ConfigError("data.build.source", f"{build.source!r}: the main job builds toy shards only",
                         "use 'toy', or build other data with `vidjax build-shards` and set data.data_dir")
-    spec = shards.BuildSpec(ToySource(build.num_examples, build.seed, bool(build.get("with_masks")),
-                                      int(build.get("content_views", 0))),
+    spec = shards.BuildSpec(ToySource(build.num_examples, build.seed, bool(build.get("with_masks"))),
                             ClipSpec(build.num_frames, build.stride, build.size, build.size), data_dir,
                             depth_method="toy", examples_per_shard=build.examples_per_shard)
     num_shards = -(-build.num_examples // build.examples_per_shard)
