@@ -44,7 +44,13 @@ The model reads the layout from the embedding as well as from the depth: on thos
 the reference mirrored left-right drops it from 0.486 / 60.5 % to 0.376 / 34.2 % (the target's own
 first frame: 0.559 / 65.8 %, mirrored 0.353 / 31.6 %). Training on mirrored content frames half the
 time (resumed from step 5000 for 1250 steps) made it worse, not more robust: 0.364 / 39.5 %, against
-0.487 / 57.9 % for the same resume without mirroring.
+0.487 / 57.9 % for the same resume without mirroring. Nor did content pictures from outside the clip
+(2 views per scene rendered after it, as the benchmark's references are; 9a428f4 and d6690c0, reverted):
+resumed from step 5000 to 7500 on them, validation IoU / colour 0.450 / 52.6 % with reference images
+and 0.528 / 57.9 % through the prior, against 0.474 / 55.3 % and 0.540 / 60.5 % for the same resume
+on in-clip frames (benchmark: 0.533 / 60.6 % and 0.570 / 75.8 %, against 0.546 / 60.6 % and
+0.593 / 75.8 %). Step 5000 stays shipped: on validation neither 7500 beats it (0.486 / 60.5 % and
+0.526 / 60.5 %).
 """
 
 from __future__ import annotations
