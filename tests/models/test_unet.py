@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from diffusers.models.embeddings import IPAdapterFaceIDImageProjection
 
 import torch_oracle
 from vidjax.convert import common
 from vidjax.convert.diffusers_unet import convert_unet
 from vidjax.errors import ConfigError
 from vidjax.models import layers
-from vidjax.models.attention import Attention
+from vidjax.models.attention import Attention, FeedForward
 from vidjax.models.temporal import TemporalTransformer, causal_window_mask
-from vidjax.models.unet import ImageProjection, UNetConfig, VideoUNet, init_inputs
+from vidjax.models.unet import ImageProjection, UNetConfig, VideoUNet, image_projection, init_inputs
 
 GEN1 = dict(temporal_conv="conv1d", temporal_attention=True, temporal_max_frames=8)
 MYV = dict(temporal_conv="pseudo3d", temporal_attention=True, temporal_relative_position=4, temporal_causal=True)
@@ -89,6 +90,28 @@ def test_image_projection_context_matches_diffusers(tmp_path):
   assert tokens.shape == (2, 32, 13) and float(jnp.std(tokens, axis=1).mean()) > 0.1
   with pytest.raises(ConfigError, match="one image embedding"):
     VideoUNet(config).apply({"params": params}, latents, t, np.zeros((2, 7, 13), np.float32))
+
+
+def test_mlp_image_projection_matches_diffusers_faceid_projection_and_is_not_linear():
+  """image_projection_mult > 0: diffusers' IPAdapterFaceIDImageProjection, converted by our generic mapping."""
+  torch.manual_seed(0)
+  ref_model = torch_oracle.perturb_(IPAdapterFaceIDImageProjection(13, 13, mult=3, num_tokens=5), seed=4, scale=0.05)
+  module = image_projection(5, 3)
+  shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 1, 13)))["params"]
+  params, report = common.convert_state_dict({k: v.numpy() for k, v in ref_model.state_dict().items()},
+                                             nn.unbox(shapes), source="IPAdapterFaceIDImageProjection")
+  assert not report.missing and not report.unexpected
+  embeds = np.random.default_rng(5).standard_normal((2, 13)).astype(np.float32)
+  ours = np.asarray(module.apply({"params": params}, embeds[:, None]))
+  with torch.no_grad():
+    ref = ref_model(torch.from_numpy(embeds)).numpy()
+  np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
+  # Not a linear map of the embedding (before the LayerNorm, which both projections end in).
+  ff = lambda e: np.asarray(FeedForward(3, "gelu", 65).apply({"params": params["ff"]}, e))
+  a, b = embeds
+  assert np.abs(ff(np.stack([a + b])) - ff(np.stack([a])) - ff(np.stack([b])) + ff(np.zeros((1, 13)))).max() > 0.1
+  with pytest.raises(ConfigError, match="image_projection_mult.*image_context_tokens is 0"):
+    UNetConfig(image_projection_mult=2)
 
 
 def test_image_time_embedding_matches_diffusers_projection_class_embedding(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -166,3 +167,16 @@ def test_main_runs_the_context_stage_and_writes_its_held_out_figure(runs, tmp_pa
   assert report["variance"] > 0 and report["mse"] > 0 and report["r2"] == pytest.approx(
       1 - report["mse"] / report["variance"])
   assert f"MSE {report['mse']:.4f}" in out
+
+
+def test_an_mlp_projection_trains_and_has_the_unets_paths_and_shapes(runs, tmp_path):
+  """model.unet.image_projection_mult > 0: the stage fits the UNet's MLP projection (unet.MLPImageProjection)."""
+  config = main.with_values(runs["config"], {"model.unet.image_projection_mult": 2, "context_stage.num_steps": 6})
+  shutil.copytree(f"{runs['workdir']}/clip_stage/checkpoints", tmp_path / "clip_stage" / "checkpoints")
+  trained = load_params(context_stage.train_context(config, str(tmp_path)))
+  unet = nn.unbox(jax.eval_shape(build_model(config).init, jax.random.key(0)))["unet"]["encoder_hid_proj"]
+  shapes = {path: leaf.shape for path, leaf in tree.flatten(unet).items()}
+  assert {path: value.shape for path, value in tree.flatten(trained["unet"]["encoder_hid_proj"]).items()} == shapes
+  assert ("ff", "net_0", "proj", "kernel") in shapes and shapes[("ff", "net_2", "kernel")] == (2 * WIDTH, 24 * WIDTH)
+  fresh = jax.jit(context_stage.ContextTraining(config).init)(jax.random.key(0))
+  assert _mean_loss(config, trained, runs["constants"]) < 0.8 * _mean_loss(config, fresh, runs["constants"])

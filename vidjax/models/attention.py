@@ -266,18 +266,36 @@ class GEGLU(nn.Module):
     return h * nn.gelu(gate, approximate=False)
 
 
+class GELU(nn.Module):
+  """proj, then exact gelu (diffusers' GELU activation module, approximate='none')."""
+
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = layers.dense(self.features, names=("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="proj")(x)
+    return nn.gelu(h, approximate=False)
+
+
 class FeedForward(nn.Module):
-  """GEGLU feed-forward with 4x hidden width; names follow diffusers (net_0.proj, net_2)."""
+  """diffusers' FeedForward and its names (net_0.proj, net_2): hidden width mult * D, GEGLU (its default)
+  or 'gelu' activation, out to `out_features` (default the input's width)."""
 
   mult: int = 4
+  activation_fn: str = "geglu"
+  out_features: int | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = GEGLU(self.mult * x.shape[-1], name="net_0", **kw)(x)
-    return layers.dense(x.shape[-1], names=("mlp", "embed"), name="net_2", **kw)(h)
+    activation = {"geglu": GEGLU, "gelu": GELU}[self.activation_fn]
+    h = activation(self.mult * x.shape[-1], name="net_0", **kw)(x)
+    return layers.dense(self.out_features or x.shape[-1], names=("mlp", "embed"), name="net_2", **kw)(h)
 
 
 class TransformerBlock(nn.Module):
