@@ -20,7 +20,7 @@ from vidjax.errors import ConfigError
 from vidjax.models import layers
 from vidjax.models.attention import Attention, FeedForward
 from vidjax.models.temporal import TemporalTransformer, causal_window_mask
-from vidjax.models.unet import ImageProjection, UNetConfig, VideoUNet, image_projection, init_inputs
+from vidjax.models.unet import ImageProjection, UNetConfig, VideoUNet, init_inputs
 
 GEN1 = dict(temporal_conv="conv1d", temporal_attention=True, temporal_max_frames=8)
 MYV = dict(temporal_conv="pseudo3d", temporal_attention=True, temporal_relative_position=4, temporal_causal=True)
@@ -96,7 +96,7 @@ def test_mlp_image_projection_matches_diffusers_faceid_projection_and_is_not_lin
   """image_projection_mult > 0: diffusers' IPAdapterFaceIDImageProjection, converted by our generic mapping."""
   torch.manual_seed(0)
   ref_model = torch_oracle.perturb_(IPAdapterFaceIDImageProjection(13, 13, mult=3, num_tokens=5), seed=4, scale=0.05)
-  module = image_projection(5, 3)
+  module = ImageProjection(5, mult=3)
   shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 1, 13)))["params"]
   params, report = common.convert_state_dict({k: v.numpy() for k, v in ref_model.state_dict().items()},
                                              nn.unbox(shapes), source="IPAdapterFaceIDImageProjection")

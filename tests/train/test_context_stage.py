@@ -170,7 +170,7 @@ def test_main_runs_the_context_stage_and_writes_its_held_out_figure(runs, tmp_pa
 
 
 def test_an_mlp_projection_trains_and_has_the_unets_paths_and_shapes(runs, tmp_path):
-  """model.unet.image_projection_mult > 0: the stage fits the UNet's MLP projection (unet.MLPImageProjection)."""
+  """model.unet.image_projection_mult > 0: the stage fits the UNet's MLP projection (diffusers' FaceID one)."""
   config = main.with_values(runs["config"], {"model.unet.image_projection_mult": 2, "context_stage.num_steps": 6})
   shutil.copytree(f"{runs['workdir']}/clip_stage/checkpoints", tmp_path / "clip_stage" / "checkpoints")
   trained = load_params(context_stage.train_context(config, str(tmp_path)))

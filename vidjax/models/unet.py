@@ -260,8 +260,8 @@ class VideoUNet(nn.Module):
       temb = temb + layers.TimestepMLP(temb.shape[-1], zero_init_out=True, name="class_embedding",
                                        **kw)(_one_embedding(context, "image_time_embedding"))
     if c.image_context_tokens:
-      context = image_projection(c.image_context_tokens, c.image_projection_mult, name="encoder_hid_proj",
-                                 **kw)(context)
+      context = ImageProjection(c.image_context_tokens, c.image_projection_mult, name="encoder_hid_proj",
+                                **kw)(context)
 
     x = _constrain(x.astype(kw["dtype"]))
     x = layers.per_frame(_conv_in, self, x)
@@ -283,9 +283,12 @@ class VideoUNet(nn.Module):
 
 
 class ImageProjection(nn.Module):
-  """(B, 1, D) image embedding -> (B, K, D) context tokens: diffusers' ImageProjection, its names."""
+  """(B, 1, D) image embedding -> (B, K, D) context tokens, with diffusers' names: for mult 0 its
+  ImageProjection (a Linear to K * D), for mult m > 0 its IPAdapterFaceIDImageProjection (`ff`, a 'gelu'
+  FeedForward of hidden width m * D to K * D); then LayerNorm."""
 
   num_tokens: int
+  mult: int = 0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -294,31 +297,11 @@ class ImageProjection(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, _, d = context.shape
     embeds = _one_embedding(context, "image_context_tokens")
-    tokens = layers.dense(self.num_tokens * d, name="image_embeds", **kw)(embeds).reshape(b, self.num_tokens, d)
-    return layers.layer_norm(name="norm", **kw)(tokens)
-
-
-class MLPImageProjection(nn.Module):
-  """(B, 1, D) image embedding -> (B, K, D) context tokens through an MLP with hidden width mult * D:
-  diffusers' IPAdapterFaceIDImageProjection, its names (ff: a 'gelu' FeedForward to K * D; norm)."""
-
-  num_tokens: int
-  mult: int
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, context: jax.Array) -> jax.Array:
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    b, _, d = context.shape
-    embeds = _one_embedding(context, "image_context_tokens")
-    tokens = FeedForward(self.mult, "gelu", self.num_tokens * d, name="ff", **kw)(embeds)
+    if self.mult:
+      tokens = FeedForward(self.mult, "gelu", self.num_tokens * d, name="ff", **kw)(embeds)
+    else:
+      tokens = layers.dense(self.num_tokens * d, name="image_embeds", **kw)(embeds)
     return layers.layer_norm(name="norm", **kw)(tokens.reshape(b, self.num_tokens, d))
-
-
-def image_projection(num_tokens: int, mult: int, **kw) -> nn.Module:
-  """The UNet's `encoder_hid_proj` for image_context_tokens = num_tokens and image_projection_mult = mult."""
-  return MLPImageProjection(num_tokens, mult, **kw) if mult else ImageProjection(num_tokens, **kw)
 
 
 def _one_embedding(context: jax.Array, knob: str) -> jax.Array:

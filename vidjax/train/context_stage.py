@@ -5,8 +5,8 @@ text checkpoint, SD for Gen-1) was trained to read a text encoder's hidden state
 Re-making the cross-attention for the image embedding (`surgery.change_context_width`) throws that
 reading away: one context token gives every position the same content, so the UNet cannot put a
 colour on one object and not another. This stage instead fits the UNet's `encoder_hid_proj`
-(`unet.ImageProjection`, diffusers' names: a linear map to K tokens, then LayerNorm; or the MLP of
-`unet.MLPImageProjection` when `model.unet.image_projection_mult` > 0), with
+(`unet.ImageProjection`, diffusers' names: a linear map to K tokens, then LayerNorm; an MLP when
+`model.unet.image_projection_mult` > 0), with
 K = `model.unet.image_context_tokens` = `data.max_caption_tokens`, so that the projection of a frame's
 CLIP image embedding regresses onto the source text encoder's `last_hidden_state` of that frame's
 caption, (B, L, W): the UNet then reads the image through the cross-attention it already has.
@@ -40,7 +40,7 @@ from vidjax.conditioning.tokens import tokenize
 from vidjax.convert import pretrained
 from vidjax.errors import ConfigError, write_json
 from vidjax.models.clip import CLIPTextTransformer, preprocess_images, random_frame_pixels
-from vidjax.models.unet import image_projection
+from vidjax.models.unet import ImageProjection
 from vidjax.train import pair_stage
 from vidjax.train.checkpoint import load_params
 from vidjax.train.clip_stage import RETRIEVAL_FIRST_SEED, Towers, trained_directory
@@ -69,7 +69,7 @@ class ContextTraining:
                         f"image embedding {self.towers.image_config.projection_dim}",
                         "the UNet's context width is both: pick a matching text model or image tower")
     self.text = CLIPTextTransformer(self.text_config)
-    self.projection = image_projection(self.num_tokens, config.model.unet.image_projection_mult)
+    self.projection = ImageProjection(self.num_tokens, config.model.unet.image_projection_mult)
     self.null_tokens = jnp.asarray(tokenize([""], config.data.tokenizer_dir, config.data.max_caption_tokens))
 
   def init(self, rng: jax.Array) -> dict[str, Any]:
