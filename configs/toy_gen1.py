@@ -36,6 +36,14 @@ Measured (2026-12-07, 2-core AMD EPYC Zen 3; decisions on 60 validation scenes, 
   the second 2500 steps gave ~2 objects of 107, the MLP 3 and 8. Floors, time of day and shapes
   follow; three-object scenes still blend neighbouring hues. Below issue 16's targets (IoU 0.6;
   colour 80 % with an image, 75 % through the prior).
+Where the gap is (the benchmark, guidance 5 unless said): the shipped UNet given the true text
+contexts of the target captions instead (its encoder_hid_proj bypassed, the text checkpoint's text
+encoder) scores IoU 0.641, colour 84.8 % (28/33), and at guidance 1.5 0.727 / 93.9 % (31/33), the text
+checkpoint's own figure; the text checkpoint's UNet given the context stage's projection of the
+reference images (no main stage) scores 0.552 / 57.6 % (19/33). So the main stage costs the UNet
+nothing and adds 4 objects; what is missing is in the context made from the one pooled 64-d
+embedding (R^2 0.701): richer image features (the vision tower's patch tokens, IP-Adapter-Plus's
+Resampler) or a wider embedding are the next lever, not more UNet training.
 Tried before on the same benchmark (step 2500, reference images, guidance 5; vidjax/assets/toy_gen1's
 model card has the details): one cross-attention token, the keys and values re-made for the 64-wide
 embedding (`init_surgery=('change_context_width',)`, `image_context_tokens=0`): IoU 0.406, colour
