@@ -205,7 +205,7 @@ def test_single_component_commands_and_a_video_unet_around_the_image_weights(pip
   # Initialising the ~1,000 temporal params compiles for over a minute here; tests/models/test_unet.py
   # covers that init. Here zeros stand in, and we check the video config, the frozen spatial weights
   # and that the temporal params are reported as left at init.
-  monkeypatch.setattr(diffusers_unet, "init_unet_params", lambda config, seed=0: jax.tree.map(
+  monkeypatch.setattr(diffusers_unet, "init_unet_params", lambda config, seed=0, where=None: jax.tree.map(
       lambda s: np.zeros(s.shape, s.dtype), diffusers_unet.unet_param_shapes(config)))
   for command, folder, name in (("vae", "vae", "vae"), ("clip", "text_encoder", "text_encoder"),
                                 ("dpt", "depth_estimator", "depth_estimator")):

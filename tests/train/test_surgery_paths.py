@@ -13,7 +13,9 @@ import pytest
 import tiny_config
 from vidjax.convert import pretrained
 from vidjax.errors import ConfigError
+from vidjax.parallel import sharding as sharding_lib
 from vidjax.train import loop, surgery
+from vidjax.train import state as state_lib
 from vidjax.tree import flatten
 
 
@@ -117,6 +119,32 @@ def test_init_from_with_surgery_widens_the_input_reinits_cross_attention_kv_and_
   for path in key_values:
     np.testing.assert_array_equal(again[path], unet[path])
     assert not np.allclose(reseeded[path], unet[path])
+
+
+def test_the_trainers_init_skips_only_what_init_from_overwrites_and_keeps_the_rest_bit_equal(stage1_source):
+  """train_and_evaluate's jitted init zeroes the params init_from copies (XLA then drops their
+  initializers); every other param, absent from the source or named by init_exclude, keeps the very
+  values of a full init, in the params and in the EMA."""
+  config = _target_config(stage1_source, init_exclude=(r"unet/conv_in/.*",))
+  model = loop.build_model(config)
+  rng = jax.random.key(config.seed)
+  abstract = jax.eval_shape(model.init, rng)
+  labels = state_lib.trainable_labels(abstract, config.train.trainable)
+  tx = state_lib.make_optimizer(config.train, labels)
+  create = lambda key: sharding_lib.unbox(state_lib.create_state(model.init, tx, labels, key))
+  copied = set(flatten(loop._init_source(config, abstract))) & set(flatten(sharding_lib.unbox(abstract)))
+  full, skipped = jax.device_get((jax.jit(create)(rng), jax.jit(lambda k: loop._zero_params(create(k), copied))(rng)))
+  assert ("unet", "conv_in", "kernel") not in copied  # excluded: keeps its init
+  assert any("temporal" in "/".join(p) for p in flatten(full.params)) and not any("temporal" in "/".join(p) for p in copied)
+  assert len(copied) > len(flatten(full.params)) // 2
+  for name in ("params", "ema_params"):
+    ours, want = flatten(getattr(skipped, name)), flatten(getattr(full, name))
+    assert ours.keys() == want.keys()
+    for path, value in want.items():
+      if path in copied:
+        assert not np.any(ours[path]), path
+      else:
+        np.testing.assert_array_equal(ours[path], value, err_msg="/".join(path))
 
 
 def test_init_from_without_the_surgery_it_needs_or_with_an_unknown_one_says_which_setting(stage1_source):

@@ -11,14 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vidjax import tree
 from vidjax.data.loader import Loader, check_image_buckets
 from vidjax.errors import ConfigError
 from vidjax.models import flops
@@ -76,9 +79,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     loader.set_state(data_state)
     print(f"resumed from step {int(state.step)} in {workdir}")
   else:
-    state = jax.jit(lambda key: sharding_lib.unbox(create(key)), out_shardings=shardings)(rng)
+    source = _init_source(config, abstract_params) if config.init_from else {}
+    copied = set(tree.flatten(source)) & set(tree.flatten(sharding_lib.unbox(abstract_params)))
+    state = jax.jit(lambda key: _zero_params(sharding_lib.unbox(create(key)), copied), out_shardings=shardings)(rng)
     if config.init_from:
-      params = _init_from(config, state.params, shardings.params)
+      params = _init_from(config, state.params, shardings.params, source)
       state = state.replace(params=params, ema_params=state_lib.ema_like(params, state.ema_params))  # own buffers
 
   step_fn = jax.jit(make_train_step(model, tx, labels, config.train),
@@ -191,19 +196,10 @@ def _batch_shape(local) -> tuple[int, int, int, int, int]:
   return video.shape[0] * jax.process_count(), video.shape[1], video.shape[2], video.shape[3], context
 
 
-def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardings: Any) -> dict[str, Any]:
-  """Weights only, merged by path into the fresh params (layers the source lacks keep their init).
-
-  `config.init_from` is one or more comma-separated sources (`surgery.load_weights`: pretrained
-  directories, training workdirs; later components replace earlier ones); params matching
-  `config.init_exclude` keep their init (fresh temporal layers); `config.init_surgery`
-  adapts them first: 'widen_input_channels' (new structure channels, zero weights) or
-  'replace_structure_channels' (another structure kind: the latent's weights kept, the structure's
-  zero), and/or 'change_context_width' (a new content width).
-  """
-  path = config.init_from
-  source = {name: p for name, p in surgery.load_weights(path).items() if name in params}
-  target = jax.device_get(params)
+def _init_source(config: ml_collections.ConfigDict, params: Mapping[str, Any]) -> dict[str, Any]:
+  """`config.init_from`'s weights for the components in `params`, after `config.init_surgery`, without
+  the params `config.init_exclude` names: what `_init_from` copies in."""
+  source = {name: p for name, p in surgery.load_weights(config.init_from).items() if name in params}
   for operation in config.init_surgery:
     unet = config.model.unet
     if operation == "widen_input_channels":
@@ -218,8 +214,37 @@ def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardi
       raise ConfigError("init_surgery", f"unknown operation {operation!r}",
                         "use 'widen_input_channels' or 'replace_structure_channels', and/or "
                         "'change_context_width'")
+  exclude = tuple(config.init_exclude)
+  return tree.unflatten({p: v for p, v in tree.flatten(source).items()
+                         if not any(re.fullmatch(pattern, "/".join(p)) for pattern in exclude)})
+
+
+def _zero_params(state: state_lib.TrainState, paths: set[tuple[str, ...]]) -> state_lib.TrainState:
+  """`state` with zeros at `paths` in its params and EMA: inside the init's jit, XLA then drops those
+  params' initializers, which `_init_from` overwrites anyway. Compiling an init costs per param
+  (the main job's toy state: ~30 s of CPU on 2 cores), and a fine-tune copies nearly all of them."""
+  zero = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, v: jnp.zeros_like(v) if tuple(k.key for k in path) in paths else v, params)
+  return state.replace(params=zero(state.params), ema_params=zero(state.ema_params))
+
+
+def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardings: Any,
+               source: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Weights only, merged by path into the fresh params (layers the source lacks keep their init).
+
+  `config.init_from` is one or more comma-separated sources (`surgery.load_weights`: pretrained
+  directories, training workdirs; later components replace earlier ones); params matching
+  `config.init_exclude` keep their init (fresh temporal layers); `config.init_surgery`
+  adapts them first: 'widen_input_channels' (new structure channels, zero weights) or
+  'replace_structure_channels' (another structure kind: the latent's weights kept, the structure's
+  zero), and/or 'change_context_width' (a new content width).
+
+  `source` is `_init_source(config, params)`, read here when not given.
+  """
+  source = _init_source(config, params) if source is None else source
+  target = jax.device_get(params)
   merged, report = surgery.merge_params(target, source, exclude=tuple(config.init_exclude))
-  print(f"init_from {path}: {report}")
+  print(f"init_from {config.init_from}: {report}")
   return jax.device_put(merged, shardings)
 
 
