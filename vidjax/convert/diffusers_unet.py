@@ -37,7 +37,7 @@ def init_unet_params(config: UNetConfig, seed: int = 0, *,
 
   The filter runs inside the jit, so XLA drops the other params' initializers: compiling an init
   costs per param (the tiny test UNet's 861 params: ~20 s of CPU), and a converted video model
-  needs only its temporal layers' (~6 s).
+  needs only its temporal layers'.
   """
   def init(key):
     params = nn.unbox(VideoUNet(config).init(key, **init_inputs(config)))["params"]

@@ -221,8 +221,8 @@ def _init_source(config: ml_collections.ConfigDict, params: Mapping[str, Any]) -
 
 def _zero_params(state: state_lib.TrainState, paths: set[tuple[str, ...]]) -> state_lib.TrainState:
   """`state` with zeros at `paths` in its params and EMA: inside the init's jit, XLA then drops those
-  params' initializers, which `_init_from` overwrites anyway. Compiling an init costs per param
-  (the main job's toy state: ~30 s of CPU on 2 cores), and a fine-tune copies nearly all of them."""
+  params' initializers, which `_init_from` overwrites anyway. Compiling an init costs per param: the
+  main job's first run (538 of its 792 params copied) went 54 s -> 44 s from a cold compilation cache."""
   zero = lambda params: jax.tree_util.tree_map_with_path(
       lambda path, v: jnp.zeros_like(v) if tuple(k.key for k in path) in paths else v, params)
   return state.replace(params=zero(state.params), ema_params=zero(state.ema_params))
