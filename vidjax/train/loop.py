@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import signal
 import time
 from typing import Any, Callable, Mapping
@@ -214,9 +213,7 @@ def _init_source(config: ml_collections.ConfigDict, params: Mapping[str, Any]) -
       raise ConfigError("init_surgery", f"unknown operation {operation!r}",
                         "use 'widen_input_channels' or 'replace_structure_channels', and/or "
                         "'change_context_width'")
-  exclude = tuple(config.init_exclude)
-  return tree.unflatten({p: v for p, v in tree.flatten(source).items()
-                         if not any(re.fullmatch(pattern, "/".join(p)) for pattern in exclude)})
+  return surgery.drop_excluded(source, tuple(config.init_exclude))
 
 
 def _zero_params(state: state_lib.TrainState, paths: set[tuple[str, ...]]) -> state_lib.TrainState:
@@ -243,7 +240,7 @@ def _init_from(config: ml_collections.ConfigDict, params: dict[str, Any], shardi
   """
   source = _init_source(config, params) if source is None else source
   target = jax.device_get(params)
-  merged, report = surgery.merge_params(target, source, exclude=tuple(config.init_exclude))
+  merged, report = surgery.merge_params(target, source)
   print(f"init_from {config.init_from}: {report}")
   return jax.device_put(merged, shardings)
 

@@ -59,6 +59,12 @@ def load_weights(paths: str) -> dict[str, Any]:
   return tree.unflatten(weights)
 
 
+def drop_excluded(params: Mapping[str, Any], exclude: tuple[str, ...]) -> dict[str, Any]:
+  """`params` without the leaves whose '/'-joined path fully matches a regex of `exclude`."""
+  return tree.unflatten({p: v for p, v in tree.flatten(params).items()
+                         if not any(re.fullmatch(pattern, "/".join(p)) for pattern in exclude)})
+
+
 def merge_params(target: Mapping[str, Any], source: Mapping[str, Any],
                  exclude: tuple[str, ...] = ()) -> tuple[dict[str, Any], MergeReport]:
   """Target's tree with every same-path source param copied in; a shape mismatch is an error.
@@ -69,8 +75,7 @@ def merge_params(target: Mapping[str, Any], source: Mapping[str, Any],
   out (the target keeps its init there, as where the source lacks them).
   """
   target_flat = tree.flatten(target)
-  source_flat = {p: v for p, v in tree.flatten(source).items()
-                 if not any(re.fullmatch(pattern, "/".join(p)) for pattern in exclude)}
+  source_flat = tree.flatten(drop_excluded(source, exclude))
   mismatched = [f"{'/'.join(p)}: {np.shape(source_flat[p])} vs {np.shape(v)}" for p, v in target_flat.items()
                 if p in source_flat and np.shape(source_flat[p]) != np.shape(v)]
   if mismatched:
