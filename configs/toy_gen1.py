@@ -43,8 +43,19 @@ encoder) scores IoU 0.641, colour 84.8 % (28/33), and at guidance 1.5 0.727 / 93
 checkpoint's own figure; the text checkpoint's UNet given the context stage's projection of the
 reference images (no main stage) scores 0.552 / 57.6 % (19/33). So the main stage costs the UNet
 nothing and adds 4 objects; what is missing is in the context made from the one pooled 64-d
-embedding (R^2 0.701): richer image features (the vision tower's patch tokens, IP-Adapter-Plus's
-Resampler) or a wider embedding are the next lever, not more UNet training.
+embedding (R^2 0.701), not in the UNet.
+Patch tokens are not the lever (2026-12-07, 4096 training scenes x 2 frames, 3000 steps of 256, the
+200 held-out scenes): IP-Adapter-Plus's Resampler (24 latent queries cross-attending to the vision
+tower's 65 last hidden states, 2 or 4 layers) reaches R^2 0.712 and 0.714, the pooled MLP 0.708 on the
+same pairs. Where the MLP's held-out error is, per caption word (mean squared error per token; the
+targets' variance 0.324): colour words 0.075, floor 0.090, time words 0.05-0.09, but the shape words
+0.27-0.38 ("cube" 0.381, "sphere" 0.357, "cylinder" 0.348, "cone" 0.269) and the words after them
+("and" 0.307, "on" 0.268, "," 0.195); by scene, 1 object 0.033, 2 objects 0.093, 3 objects 0.162. The
+causal text encoder's shape token carries its object's colour and shape (a UNet reads "a red cube" at
+"cube"). That the patches do no better than the pooled embedding suggests that this CLIP, trained
+with colour negatives only, encodes shapes poorly (a hypothesis, not yet probed). The next try is the
+CLIP stage: NegCLIP negatives that swap shapes as well as colours, then the context and main stages
+again (~1 h here).
 Tried before on the same benchmark (step 2500, reference images, guidance 5; vidjax/assets/toy_gen1's
 model card has the details): one cross-attention token, the keys and values re-made for the 64-wide
 embedding (`init_surgery=('change_context_width',)`, `image_context_tokens=0`): IoU 0.406, colour
