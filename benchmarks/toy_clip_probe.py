@@ -1,4 +1,4 @@
-"""Whether a toy CLIP image embedding says which object has which colour: two held-out figures.
+"""Whether a toy CLIP image embedding says which object has which colour, and which shape: three held-out figures.
 
   python benchmarks/toy_clip_probe.py runs/toy_gen1/clip_stage/checkpoints
 
@@ -10,6 +10,10 @@
    --train_scenes scenes (seeds from 2,000,000), scored on --test_scenes others (seeds from
    2,100,000). Two objects of one shape in a scene make their rows ambiguous (30 % of the held-out
    objects), so the figure is also given over the objects whose shape is unique in their scene.
+3. The shape probe: on the one-object scenes among the same seeds, a ridge least-squares classifier
+   names the object's shape among the 4 from the (D,) embedding alone (chance 25 %), and the same
+   classifier its colour, for comparison. The text context's error is largest at the shape words
+   (configs/toy_gen1.py), which this says whether the embedding can carry at all.
 Each scene's first 64x64 frame goes through the vision tower of a `vidjax train` CLIP stage (its saved
 config gives the towers); the seeds are outside the CLIP's training seeds and the recolouring
 benchmark's. Image prompting can recolour an object only as well as its content embedding says which
@@ -72,6 +76,26 @@ def probe_rows(config: CLIPVisionConfig, params, seeds: range) -> tuple[np.ndarr
   return np.asarray(features, np.float32), np.asarray(colours), np.asarray(unique)
 
 
+def one_object_rows(config: CLIPVisionConfig, params, seeds: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(embeddings (N, D), shape indices (N,), colour indices (N,)) of the one-object scenes among `seeds`."""
+  embed = jax.jit(lambda pixels: encode_image(config, params, pixels)["image_embeds"])
+  scenes = [s for s in map(toyworld.sample_scene, seeds) if len(s.objects) == 1]
+  frames = np.stack([toyworld.render_clip(s.seed, 1, 64, 64, scene=s).rgb[0] for s in scenes])
+  pixels = preprocess_images(frames, config.image_size)
+  embeds = np.concatenate([np.asarray(embed(pixels[i:i + 256])) for i in range(0, len(pixels), 256)])
+  shapes = np.asarray([toyworld.SHAPES.index(s.objects[0].shape) for s in scenes])
+  colours = np.asarray([list(toy_edit.PALETTE).index(s.objects[0].colour) for s in scenes])
+  return embeds, shapes, colours
+
+
+def ridge_accuracy(x_train, y_train, x_test, y_test, num_classes: int, ridge: float = 1e-2) -> float:
+  """Held-out accuracy of a least-squares linear classifier (one-hot targets, a bias, L2 `ridge`)."""
+  design = lambda x: np.c_[x, np.ones(len(x))]
+  a = design(x_train)
+  weights = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ np.eye(num_classes)[y_train])
+  return float(np.mean((design(x_test) @ weights).argmax(1) == y_test))
+
+
 def train_probe(x_train, y_train, x_test, y_test, unique, steps: int = 3000,
                 seed: int = 0) -> list[tuple[int, float, float, float]]:
   """[(step, train accuracy, held-out accuracy, held-out accuracy where the shape is unique)] every 1000 steps."""
@@ -124,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
   for step, train, test, test_unique in train_probe(x_train, y_train, x_test, y_test, unique):
     print(f"step {step}: train {100 * train:.1f} %, held-out {100 * test:.1f} % "
           f"(shape unique {100 * test_unique:.1f} %)")
+  x_train, shapes_train, colours_train = one_object_rows(config, params, range(2_000_000, 2_000_000 + args.train_scenes))
+  x_test, shapes_test, colours_test = one_object_rows(config, params, range(2_100_000, 2_100_000 + args.test_scenes))
+  shape = ridge_accuracy(x_train, shapes_train, x_test, shapes_test, len(toyworld.SHAPES))
+  colour = ridge_accuracy(x_train, colours_train, x_test, colours_test, len(toy_edit.PALETTE))
+  print(f"shape probe over {len(x_test)} held-out one-object scenes ({len(x_train)} to fit): shape {100 * shape:.1f} % "
+        f"(chance {100 / len(toyworld.SHAPES):.0f} %), colour {100 * colour:.1f} % (chance {100 / len(toy_edit.PALETTE):.0f} %)")
   return 0
 
 
