@@ -103,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.clip_stage = ml_collections.ConfigDict(dict(
       num_steps=2000, lr=1e-3, warmup_steps=100, weight_decay=0.1, batch_size=128, retrieval_scenes=200,
       colour_negatives=True,  # NegCLIP's hard negatives: which object has which colour (module docstring)
+      shape_negatives=False,  # the same for shapes: not yet in the shipped CLIP (module docstring)
       text_encoder=ml_collections.ConfigDict(dict(
           vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_attention_heads=4,
           num_hidden_layers=2, max_position_embeddings=24, hidden_act="gelu", projection_dim=64,

@@ -13,7 +13,7 @@ import pytest
 
 import crashing
 import tiny_config
-from vidjax import tree
+from vidjax import toyworld, tree
 from vidjax.data.loader import Loader
 from vidjax.train import clip_stage, main
 from vidjax.train.checkpoint import load_params
@@ -82,14 +82,14 @@ def test_run_stage_writes_the_held_out_retrieval_figure(runs, capsys):
   assert "held-out retrieval over 5 toy scenes" in capsys.readouterr().out
 
 
-def test_colour_negatives_replace_one_colour_and_rotate_the_colours_among_the_objects():
+def test_swap_negatives_replace_one_colour_and_rotate_the_colours_among_the_objects():
   colours = jnp.arange(11, 21)  # the colour words' ids
   tokens = jnp.array([[1, 4, 11, 22, 6, 4, 13, 21, 2, 0],   # two objects, red and blue
                       [1, 4, 12, 22, 2, 0, 0, 0, 0, 0],     # one object
                       [1, 4, 12, 22, 6, 4, 12, 21, 2, 0],   # two objects of one colour
                       [1, 4, 7, 22, 2, 0, 0, 0, 0, 0]])     # no colour word
   for seed in range(5):
-    negatives, valid = clip_stage.colour_negatives(tokens, colours, jax.random.key(seed))
+    negatives, valid = clip_stage.swap_negatives(tokens, colours, jax.random.key(seed))
     negatives, valid = np.asarray(negatives), np.asarray(valid)
     is_colour = np.isin(np.asarray(tokens), np.asarray(colours))
     replaced, rotated = negatives[:, 0], negatives[:, 1]
@@ -104,15 +104,19 @@ def test_colour_negatives_replace_one_colour_and_rotate_the_colours_among_the_ob
     np.testing.assert_array_equal(valid, [[True, True], [True, False], [True, False], [False, False]])
 
 
-def test_colour_negatives_enter_the_image_to_caption_loss(runs):
+def test_colour_and_shape_negatives_enter_the_image_to_caption_loss(runs):
   """The same batch, params and key: the negatives add captions to tell each frame's apart from."""
   config = runs["config"]
   loader = Loader(main.with_values(config, {"data.shuffle": False}).data)
   batch = next(loader)
   loader.close()
   tokens, frames = jnp.asarray(batch["tokens"]), jnp.asarray(batch["frames"])
-  ids = clip_stage.colour_token_ids(config)
+  ids = clip_stage.word_token_ids(config, toyworld.COLOURS, "clip_stage.colour_negatives")
+  shapes = clip_stage.word_token_ids(config, toyworld.SHAPES, "clip_stage.shape_negatives")
   assert len(ids) == 10 and np.isin(np.asarray(tokens), ids).any()
-  with_negatives, _ = clip_stage.Towers(config, ids).loss(runs["straight"], tokens, frames, jax.random.key(0))
-  plain, _ = clip_stage.Towers(config).loss(runs["straight"], tokens, frames, jax.random.key(0))
-  assert float(with_negatives) > float(plain) + 1e-3
+  assert len(shapes) == 4 and np.isin(np.asarray(tokens), shapes).any() and not set(ids) & set(shapes)
+  loss = lambda *words: float(clip_stage.Towers(config, words).loss(runs["straight"], tokens, frames,
+                                                                  jax.random.key(0))[0])
+  plain, colours, both = loss(), loss(ids), loss(ids, shapes)
+  assert colours > plain + 1e-3 and both > colours + 1e-3  # each class's negatives add captions to beat
+  assert loss(ids, ()) == colours  # an empty class adds nothing
