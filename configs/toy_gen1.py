@@ -51,17 +51,16 @@ same pairs. Where the MLP's held-out error is, per caption word (mean squared er
 targets' variance 0.324): colour words 0.075, floor 0.090, time words 0.05-0.09, but the shape words
 0.27-0.38 ("cube" 0.381, "sphere" 0.357, "cylinder" 0.348, "cone" 0.269) and the words after them
 ("and" 0.307, "on" 0.268, "," 0.195); by scene, 1 object 0.033, 2 objects 0.093, 3 objects 0.162. The
-causal text encoder's shape token carries its object's colour and shape (a UNet reads "a red cube" at
-"cube"), and this CLIP, trained with colour negatives only, hardly encodes shapes: on held-out
+causal text encoder's shape token carries its object's colour and shape (a UNet can read "a red cube"
+at "cube"), and this CLIP, trained with colour negatives only, hardly encodes shapes: on held-out
 one-object scenes a linear probe of its embedding names the shape 30.4 % of the time (chance 25 %)
 and the colour 98.8 % (benchmarks/toy_clip_probe.py's shape probe, 171 scenes). Shape negatives as
 well as colour ones (`clip_stage.shape_negatives`, the same 2000 steps) lift the shape probe to 47.4 %
-but cost colour binding (swap test 97.0 % -> 79.6 %, colour probe 98.2 %; retrieval 93.0 / 95.0 %),
+but cost colour binding (swap test 97.0 % -> 79.6 %, one-object colour probe 98.2 %; retrieval 93.0 / 95.0 %),
 and the context stage on that CLIP fits worse (R^2 0.621 against 0.701); the text checkpoint's UNet
 given that projection (no main stage) scores benchmark IoU 0.444, colour 36.4 % (12/33), against
-0.552 / 57.6 % with the shipped CLIP's: so the knob stays off. The
-64-d toy CLIP, 2000 steps of 128, seems too small to hold shapes and bindings at once; a wider or
-longer-trained one is the next try.
+0.552 / 57.6 % with the shipped CLIP's: so the knob stays off. The 64-d toy CLIP, 2000 steps of 128,
+seems too small to hold shapes and bindings at once; a wider or longer-trained one is the next try.
 Tried before on the same benchmark (step 2500, reference images, guidance 5; vidjax/assets/toy_gen1's
 model card has the details): one cross-attention token, the keys and values re-made for the 64-wide
 embedding (`init_surgery=('change_context_width',)`, `image_context_tokens=0`): IoU 0.406, colour
