@@ -59,33 +59,29 @@ def swap_test(config: ml_collections.ConfigDict, params, seeds: range) -> tuple[
   return wins, tested
 
 
-def probe_rows(config: CLIPVisionConfig, params, seeds: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(rows (N, D + shapes) float32, colour indices (N,), bool (N,): the object's shape is unique in its
-  scene) for every object of the scenes `seeds`."""
+def probe_rows(config: CLIPVisionConfig, params, seeds: range) -> dict[str, np.ndarray]:
+  """One row per object of the scenes `seeds`: its frame's embedding 'embeds' (N, D) float32, and (N,)
+  'shapes' and 'colours' (indices into toyworld.SHAPES and the palette), 'unique' (its shape is the only
+  one of its kind in its scene) and 'objects' (its scene's object count)."""
   embed = jax.jit(lambda pixels: encode_image(config, params, pixels)["image_embeds"])
-  features, colours, unique = [], [], []
+  rows = {key: [] for key in ("embeds", "shapes", "colours", "unique", "objects")}
   for start in range(seeds.start, seeds.stop, 256):
     scenes = [toyworld.sample_scene(s) for s in range(start, min(start + 256, seeds.stop))]
     frames = np.stack([toyworld.render_clip(s.seed, 1, 64, 64, scene=s).rgb[0] for s in scenes])
     embeds = np.asarray(embed(preprocess_images(frames, config.image_size)))
     for scene, e in zip(scenes, embeds):
       for obj in scene.objects:
-        features.append(np.concatenate([e, np.eye(len(toyworld.SHAPES))[toyworld.SHAPES.index(obj.shape)]]))
-        colours.append(list(toy_edit.PALETTE).index(obj.colour))
-        unique.append(sum(o.shape == obj.shape for o in scene.objects) == 1)
-  return np.asarray(features, np.float32), np.asarray(colours), np.asarray(unique)
+        rows["embeds"].append(e)
+        rows["shapes"].append(toyworld.SHAPES.index(obj.shape))
+        rows["colours"].append(list(toy_edit.PALETTE).index(obj.colour))
+        rows["unique"].append(sum(o.shape == obj.shape for o in scene.objects) == 1)
+        rows["objects"].append(len(scene.objects))
+  return {key: np.asarray(value, np.float32 if key == "embeds" else None) for key, value in rows.items()}
 
 
-def one_object_rows(config: CLIPVisionConfig, params, seeds: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(embeddings (N, D), shape indices (N,), colour indices (N,)) of the one-object scenes among `seeds`."""
-  embed = jax.jit(lambda pixels: encode_image(config, params, pixels)["image_embeds"])
-  scenes = [s for s in map(toyworld.sample_scene, seeds) if len(s.objects) == 1]
-  frames = np.stack([toyworld.render_clip(s.seed, 1, 64, 64, scene=s).rgb[0] for s in scenes])
-  pixels = preprocess_images(frames, config.image_size)
-  embeds = np.concatenate([np.asarray(embed(pixels[i:i + 256])) for i in range(0, len(pixels), 256)])
-  shapes = np.asarray([toyworld.SHAPES.index(s.objects[0].shape) for s in scenes])
-  colours = np.asarray([list(toy_edit.PALETTE).index(s.objects[0].colour) for s in scenes])
-  return embeds, shapes, colours
+def with_shape(rows: dict[str, np.ndarray]) -> np.ndarray:
+  """The colour probe's input: (N, D + 4), each row's embedding and its object's one-hot shape."""
+  return np.concatenate([rows["embeds"], np.eye(len(toyworld.SHAPES), dtype=np.float32)[rows["shapes"]]], axis=1)
 
 
 def ridge_accuracy(x_train, y_train, x_test, y_test, num_classes: int, ridge: float = 1e-2) -> float:
@@ -141,19 +137,21 @@ def main(argv: list[str] | None = None) -> int:
   print(f"swap test: the true caption above its colour-swapped twin for {wins}/{tested} = {100 * wins / tested:.1f} % "
         "of held-out scenes (chance 50 %)")
   params = everything["image_encoder"]
-  x_train, y_train, _ = probe_rows(config, params, range(2_000_000, 2_000_000 + args.train_scenes))
-  x_test, y_test, unique = probe_rows(config, params, range(2_100_000, 2_100_000 + args.test_scenes))
-  print(f"{len(x_train)} training objects, {len(x_test)} held-out objects, {unique.sum()} of them the only one of "
-        "their shape in their scene (chance 10 %)")
-  for step, train, test, test_unique in train_probe(x_train, y_train, x_test, y_test, unique):
-    print(f"step {step}: train {100 * train:.1f} %, held-out {100 * test:.1f} % "
+  train = probe_rows(config, params, range(2_000_000, 2_000_000 + args.train_scenes))
+  test = probe_rows(config, params, range(2_100_000, 2_100_000 + args.test_scenes))
+  print(f"{len(train['colours'])} training objects, {len(test['colours'])} held-out objects, {test['unique'].sum()} of "
+        "them the only one of their shape in their scene (chance 10 %)")
+  history = train_probe(with_shape(train), train["colours"], with_shape(test), test["colours"], test["unique"])
+  for step, train_accuracy, test_accuracy, test_unique in history:
+    print(f"step {step}: train {100 * train_accuracy:.1f} %, held-out {100 * test_accuracy:.1f} % "
           f"(shape unique {100 * test_unique:.1f} %)")
-  x_train, shapes_train, colours_train = one_object_rows(config, params, range(2_000_000, 2_000_000 + args.train_scenes))
-  x_test, shapes_test, colours_test = one_object_rows(config, params, range(2_100_000, 2_100_000 + args.test_scenes))
-  shape = ridge_accuracy(x_train, shapes_train, x_test, shapes_test, len(toyworld.SHAPES))
-  colour = ridge_accuracy(x_train, colours_train, x_test, colours_test, len(toy_edit.PALETTE))
-  print(f"shape probe over {len(x_test)} held-out one-object scenes ({len(x_train)} to fit): shape {100 * shape:.1f} % "
-        f"(chance {100 / len(toyworld.SHAPES):.0f} %), colour {100 * colour:.1f} % (chance {100 / len(toy_edit.PALETTE):.0f} %)")
+  # A one-object scene has one row, so its rows are its scenes.
+  alone = [{key: value[rows["objects"] == 1] for key, value in rows.items()} for rows in (train, test)]
+  shape, colour = (ridge_accuracy(alone[0]["embeds"], alone[0][key], alone[1]["embeds"], alone[1][key], n)
+                   for key, n in (("shapes", len(toyworld.SHAPES)), ("colours", len(toy_edit.PALETTE))))
+  print(f"shape probe over {len(alone[1]['shapes'])} held-out one-object scenes ({len(alone[0]['shapes'])} to fit): "
+        f"shape {100 * shape:.1f} % (chance {100 / len(toyworld.SHAPES):.0f} %), colour {100 * colour:.1f} % "
+        f"(chance {100 / len(toy_edit.PALETTE):.0f} %)")
   return 0
 
 

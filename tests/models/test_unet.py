@@ -70,15 +70,16 @@ def test_image_mode_matches_diffusers(diffusers_unet, converted):
 
 
 def test_image_projection_context_matches_diffusers(tmp_path):
-  """encoder_hid_dim_type 'image_proj': one image embedding -> 32 tokens (ImageProjection), as diffusers."""
+  """encoder_hid_dim_type 'image_proj': one image embedding (11 wide) -> 32 tokens of the context's 13
+  (ImageProjection), as diffusers."""
   torch.manual_seed(0)
-  model = UNet2DConditionModel(**torch_oracle.TINY_UNET, encoder_hid_dim_type="image_proj", encoder_hid_dim=13)
+  model = UNet2DConditionModel(**torch_oracle.TINY_UNET, encoder_hid_dim_type="image_proj", encoder_hid_dim=11)
   model = torch_oracle.perturb_(model, seed=2, scale=0.05)
   model.save_pretrained(tmp_path)
   config, params, report = convert_unet(tmp_path)
-  assert config.image_context_tokens == 32 and not report.missing and not report.unexpected
+  assert config.image_context_tokens == 32 and config.encoder_hid_dim == 11 and not report.missing and not report.unexpected
   latents, t, _ = _inputs()
-  embeds = np.random.default_rng(3).standard_normal((2, 13)).astype(np.float32)
+  embeds = np.random.default_rng(3).standard_normal((2, 11)).astype(np.float32)
   ours = jax.jit(VideoUNet(config).apply)({"params": params}, latents, t, embeds[:, None])
   with torch.no_grad():
     ref = model(torch_oracle.to_torch_nchw(latents[:, 0]), torch.from_numpy(t), encoder_hidden_states=None,
@@ -86,10 +87,10 @@ def test_image_projection_context_matches_diffusers(tmp_path):
   np.testing.assert_allclose(np.asarray(ours[:, 0]), torch_oracle.from_torch_nchw(ref), atol=1e-4, rtol=0)
   # The tokens differ, so positions read different values: not Gen-1's single token, whose one key
   # gives every position the same value (the output then ignores the query).
-  tokens = ImageProjection(32).apply({"params": params["encoder_hid_proj"]}, embeds[:, None])
+  tokens = ImageProjection(32, width=13).apply({"params": params["encoder_hid_proj"]}, embeds[:, None])
   assert tokens.shape == (2, 32, 13) and float(jnp.std(tokens, axis=1).mean()) > 0.1
   with pytest.raises(ConfigError, match="one image embedding"):
-    VideoUNet(config).apply({"params": params}, latents, t, np.zeros((2, 7, 13), np.float32))
+    VideoUNet(config).apply({"params": params}, latents, t, np.zeros((2, 7, 11), np.float32))
 
 
 def test_mlp_image_projection_matches_diffusers_faceid_projection_and_is_not_linear():

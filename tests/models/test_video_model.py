@@ -157,3 +157,30 @@ def test_image_embedding_readers_are_refused_for_a_text_model(gen1, knob, value)
   image = ModelConfig(unet=dataclasses.replace(unet, in_channels=2 * LATENT + 4), vae=model.config.vae,
                       image_encoder=model.config.image_encoder, structure="depth_latent", content="image")
   assert getattr(image.unet, knob) == value
+
+
+def test_an_image_embedding_wider_than_the_context_is_projected_to_its_width(gen1):
+  """CLIP's projection_dim need not be the UNet's context width when image_context_tokens projects it
+  (unet.encoder_hid_dim, diffusers' name): a 24-wide embedding drives a 16-wide cross-attention."""
+  model, _ = gen1
+  wide = dataclasses.replace(model.config.image_encoder, projection_dim=24)
+  with pytest.raises(ConfigError, match="encoder_hid_dim.*image_context_tokens is 0"):
+    dataclasses.replace(model.config.unet, encoder_hid_dim=24)
+  unet = dataclasses.replace(model.config.unet, image_context_tokens=3)
+  with pytest.raises(ConfigError, match="encoder_hid_dim"):
+    ModelConfig(unet=unet, vae=model.config.vae, image_encoder=wide, structure="depth_latent", content="image")
+  unet = dataclasses.replace(unet, encoder_hid_dim=24)
+  wider = VideoDiffusionModel(ModelConfig(unet=unet, vae=model.config.vae, image_encoder=wide,
+                                          structure="depth_latent", content="image"))
+  params = jax.jit(wider.init)(jax.random.key(0))
+  kernel = params["unet"]["encoder_hid_proj"]["image_embeds"]["kernel"]
+  assert jax.tree.leaves(kernel)[0].shape == (24, 3 * WIDTH)
+  assert wider.null_content(params, 2).shape == (2, 1, 24)
+  latents = jax.random.normal(jax.random.key(1), (2, 2, 4, 4, unet.in_channels))
+  embeds = jax.random.normal(jax.random.key(2), (2, 24))
+  run = jax.jit(lambda content: wider.unet.apply({"params": params["unet"]}, latents, jnp.array([10, 10]), content))
+  out = run(wider.encode_content(params, image_embeds=embeds))
+  assert out.shape == latents.shape[:-1] + (unet.out_channels,)
+  # The content reaches the output: another embedding, another prediction; the null content differs too.
+  assert not np.allclose(out, run(wider.encode_content(params, image_embeds=-embeds)), atol=1e-6)
+  assert not np.allclose(out, run(wider.null_content(params, 2)), atol=1e-6)

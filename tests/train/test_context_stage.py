@@ -122,9 +122,32 @@ def test_the_token_count_and_the_widths_must_match_the_source_text_model(runs):
   config = main.with_values(runs["config"], {"model.unet.image_context_tokens": 8})
   with pytest.raises(ConfigError, match="image_context_tokens.*data.max_caption_tokens = 24"):
     context_stage.ContextTraining(config)
-  config = main.with_values(runs["config"], {"model.image_encoder.projection_dim": 12})
-  with pytest.raises(ConfigError, match="context_stage.text_from.*16 wide, the image embedding 12"):
+  config = main.with_values(runs["config"], {"model.unet.cross_attention_dim": 12})
+  with pytest.raises(ConfigError, match="context_stage.text_from.*16 wide, the UNet's context.*12"):
     context_stage.ContextTraining(config)
+
+
+def test_an_image_embedding_of_another_width_projects_to_the_text_contexts_width(runs):
+  """A wider CLIP than the UNet's context (configs/toy_gen1.py's 128 on a 64-wide UNet): the projection
+  maps the embedding's width to the context's, and its loss reads the source text model's contexts."""
+  config = main.with_values(runs["config"], {"model.image_encoder.projection_dim": 12,
+                                             "clip_stage.text_encoder.projection_dim": 12})
+  with pytest.raises(ConfigError, match="model.unet.encoder_hid_dim.*image embedding is 12 wide.*= 12"):
+    context_stage.ContextTraining(config)
+  config = main.with_values(config, {"model.unet.encoder_hid_dim": 12,
+                                             "context_stage.null_fraction": 0.0})
+  training = context_stage.ContextTraining(config)
+  params = training.init(jax.random.key(0))
+  length = config.data.max_caption_tokens
+  kernel = nn.unbox(params)["unet"]["encoder_hid_proj"]["image_embeds"]["kernel"]  # linear (mult 0)
+  assert kernel.shape == (12, length * WIDTH)
+  embeds = jax.random.normal(jax.random.key(1), (3, 12))
+  assert training.project(params, embeds).shape == (3, length, WIDTH)
+  tokens = jax.random.randint(jax.random.key(2), (3, length), 0, 40)
+  constants = {"text_encoder": training.text_params}
+  loss, _ = training.loss(params, constants, embeds, tokens, jax.random.key(3))
+  expected = jnp.mean((training.project(params, embeds) - training.targets(constants, tokens)) ** 2)
+  np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
 
 
 def test_a_missing_clip_checkpoint_names_the_fix(runs, tmp_path):

@@ -50,8 +50,11 @@ class UNetConfig:
   # (diffusers' ImageProjection, as IP-Adapter and Kandinsky: Linear to K * D, then LayerNorm), so
   # positions can attend to different tokens.
   image_context_tokens: int = 0
+  # With image_context_tokens: the image embedding's width E, when it differs from cross_attention_dim
+  # (diffusers' encoder_hid_dim; 0: the same); `encoder_hid_proj` maps it to the context's width.
+  encoder_hid_dim: int = 0
   # 0: `encoder_hid_proj` is that linear ImageProjection. m > 0: an MLP instead (diffusers'
-  # IPAdapterFaceIDImageProjection: Linear D -> m * D, exact GELU, Linear to K * D, then LayerNorm). The
+  # IPAdapterFaceIDImageProjection: Linear E -> m * E, exact GELU, Linear to K * D, then LayerNorm). The
   # linear map underfits a text context (which token holds which object's colour depends on the whole
   # scene): on the toy world the MLP fits it with held-out R^2 0.701, the linear map 0.566, and scores
   # more objects in the right colour (configs/toy_gen1.py).
@@ -91,6 +94,14 @@ class UNetConfig:
     if self.image_projection_mult and not self.image_context_tokens:
       raise ConfigError("UNetConfig.image_projection_mult", f"{self.image_projection_mult}, but image_context_tokens "
                         "is 0: there is no image projection", "set image_context_tokens, or image_projection_mult to 0")
+    if self.encoder_hid_dim and not self.image_context_tokens:
+      raise ConfigError("UNetConfig.encoder_hid_dim", f"{self.encoder_hid_dim}, but image_context_tokens is 0: the "
+                        "context enters cross-attention as given", "set image_context_tokens, or encoder_hid_dim to 0")
+
+  @property
+  def context_input_dim(self) -> int:
+    """The width of the context the UNet takes: the image embedding's (encoder_hid_dim) or cross_attention_dim."""
+    return self.encoder_hid_dim or self.cross_attention_dim
 
   @property
   def has_temporal(self) -> bool:
@@ -107,11 +118,16 @@ class UNetConfig:
         and config.get("projection_class_embeddings_input_dim") == config["cross_attention_dim"]):
       del unsupported["class_embed_type"]  # class labels of the context's width: read as the image embedding
       overrides = {"image_time_embedding": True, **overrides}
-    if config.get("encoder_hid_dim_type") not in (None, "image_proj") or config.get("encoder_hid_dim") not in (
-        None, config["cross_attention_dim"]):
+    # With image_proj, encoder_hid_dim is the image embedding's width; without a type, diffusers projects
+    # text of another width (text_proj), which this port lacks.
+    if config.get("encoder_hid_dim_type") not in (None, "image_proj") or (
+        config.get("encoder_hid_dim_type") is None and config.get("encoder_hid_dim") not in (None, config["cross_attention_dim"])):
       unsupported.update({k: config.get(k) for k in ("encoder_hid_dim_type", "encoder_hid_dim")})
     if config.get("encoder_hid_dim_type") == "image_proj":
-      overrides = {"image_context_tokens": 32, **overrides}  # diffusers builds ImageProjection with its default 32
+      # diffusers builds ImageProjection with its default 32 tokens, from encoder_hid_dim wide embeddings.
+      hid_dim = config.get("encoder_hid_dim")
+      overrides = {"image_context_tokens": 32,
+                   "encoder_hid_dim": 0 if hid_dim in (None, config["cross_attention_dim"]) else hid_dim, **overrides}
     unsupported.update({k: config[k] for k in ("resnet_time_scale_shift",) if config.get(k, "default") != "default"})
     if unsupported or config.get("transformer_layers_per_block", 1) not in (1, [1] * levels):
       raise ConfigError("UNet config.json", f"unsupported settings {unsupported or 'transformer_layers_per_block'}",
@@ -260,8 +276,8 @@ class VideoUNet(nn.Module):
       temb = temb + layers.TimestepMLP(temb.shape[-1], zero_init_out=True, name="class_embedding",
                                        **kw)(_one_embedding(context, "image_time_embedding"))
     if c.image_context_tokens:
-      context = ImageProjection(c.image_context_tokens, c.image_projection_mult, name="encoder_hid_proj",
-                                **kw)(context)
+      context = ImageProjection(c.image_context_tokens, c.image_projection_mult, c.cross_attention_dim,
+                                name="encoder_hid_proj", **kw)(context)
 
     x = _constrain(x.astype(kw["dtype"]))
     x = layers.per_frame(_conv_in, self, x)
@@ -283,19 +299,22 @@ class VideoUNet(nn.Module):
 
 
 class ImageProjection(nn.Module):
-  """(B, 1, D) image embedding -> (B, K, D) context tokens, with diffusers' names: for mult 0 its
+  """(B, 1, E) image embedding -> (B, K, D) context tokens, with diffusers' names: for mult 0 its
   ImageProjection (a Linear to K * D), for mult m > 0 its IPAdapterFaceIDImageProjection (`ff`, a 'gelu'
-  FeedForward of hidden width m * D to K * D); then LayerNorm."""
+  FeedForward of hidden width m * E to K * D); then LayerNorm. D is `width` (the UNet's
+  cross_attention_dim; None: E), so the embedding need not be as wide as the context."""
 
   num_tokens: int
   mult: int = 0
+  width: int | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, context: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    b, _, d = context.shape
+    b = context.shape[0]
+    d = self.width or context.shape[-1]
     embeds = _one_embedding(context, "image_context_tokens")
     if self.mult:
       tokens = FeedForward(self.mult, "gelu", self.num_tokens * d, name="ff", **kw)(embeds)
@@ -332,4 +351,4 @@ def init_inputs(config: UNetConfig, *, batch: int = 1, frames: int = 1, height: 
   """Dummy inputs of the right shapes for `VideoUNet.init` (structure folded into latents)."""
   return dict(latents=jnp.zeros((batch, frames, height, width, config.in_channels), jnp.float32),
               timesteps=jnp.zeros((batch,), jnp.int32),
-              context=jnp.zeros((batch, context_length, config.cross_attention_dim), jnp.float32))
+              context=jnp.zeros((batch, context_length, config.context_input_dim), jnp.float32))

@@ -76,9 +76,11 @@ class ModelConfig:
       raise ConfigError("ModelConfig", "content 'text' needs text_encoder and null_tokens",
                         "give the text tower's config and the tokenizer's ids for the empty prompt")
     if self.content == "image" and (self.image_encoder is None
-                                    or self.image_encoder.projection_dim != self.unet.cross_attention_dim):
-      raise ConfigError("ModelConfig", "content 'image' needs an image_encoder projecting to cross_attention_dim",
-                        "give the CLIP vision tower's config with projection_dim = unet.cross_attention_dim")
+                                    or self.image_encoder.projection_dim != self.unet.context_input_dim):
+      raise ConfigError("ModelConfig", "content 'image' needs an image_encoder projecting to the UNet's context "
+                        f"input width {self.unet.context_input_dim}",
+                        "give the CLIP vision tower's config with projection_dim = unet.cross_attention_dim, or, "
+                        "with unet.image_context_tokens, set unet.encoder_hid_dim to its projection_dim")
     for knob in ("image_context_tokens", "image_time_embedding"):
       if self.content == "text" and getattr(self.unet, knob):
         raise ConfigError(f"ModelConfig.unet.{knob}", "reads an image embedding, but content is 'text'",
@@ -152,7 +154,7 @@ class VideoDiffusionModel:
     """The unconditional content: the empty prompt's tokens, or a zero image embedding."""
     if self.config.content == "text":
       return self.encode_content(params, tokens=self.null_tokens(batch))
-    return jnp.zeros((batch, 1, self.config.unet.cross_attention_dim), jnp.float32)
+    return jnp.zeros((batch, 1, self.config.unet.context_input_dim), jnp.float32)
 
   def encode_frames(self, params: Mapping[str, Any], frames: jax.Array, rng: jax.Array | None = None) -> jax.Array:
     """(B, T, H, W, 3) in [-1, 1] -> scaled latents (B, T, H/f, W/f, C)."""
