@@ -30,7 +30,7 @@ from vidjax.train import lora
 BROWN = (0.55, 0.30, 0.10)
 SETTINGS = finetune.FinetuneSettings(token="sks", num_steps=4, batch_size=2, lr=1e-2, token_lr=5e-2, warmup_steps=0,
                                      prior_data="toy", video_fraction=0.4, min_images=3, checkpoint_every=2,
-                                     lora_rank=3, lora_alpha=3.0)
+                                     lora_rank=3, lora_alpha=3.0, guidance_scale=2.5)
 
 
 def _subject(folder, n=5, size=tiny_model_dir.SIZE):
@@ -118,6 +118,11 @@ def test_lora_loaded_onto_the_base_is_the_model_as_trained(run, base_model, load
   base = base_model
   base_out = _unet_output(base.model, base.params, base.tokenizer(["a sks cube on a plain floor at night"]))
   assert np.abs(out - base_out).max() > 1e-3  # and it is not the base
+
+
+def test_the_output_recommends_the_finetunes_guidance_and_keeps_the_bases_other_defaults(base_model, loaded):
+  assert base_model.sampling_defaults["guidance_scale"] != 2.5
+  assert loaded.sampling_defaults == {**base_model.sampling_defaults, "guidance_scale": 2.5}
 
 
 def test_the_token_gets_its_own_id_and_a_trained_embedding_row(run, base_model, loaded):

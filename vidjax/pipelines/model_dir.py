@@ -227,4 +227,6 @@ def _load_lora_dir(path: str) -> ModelDir:
       config.text_encoder, vocab_size=int(params["text_encoder"]["embeddings"]["token_embedding"]["embedding"].shape[0])))
   tokenizer = _tokenizer(os.path.join(path, "tokenizer"), config.text_encoder.max_position_embeddings)
   return dataclasses.replace(base, path=path, model=VideoDiffusionModel(config), params=params, tokenizer=tokenizer,
-                             manifest={**base.manifest, "finetune": manifest})
+                             manifest={**base.manifest, "finetune": manifest,
+                                       "sampling_defaults": {**base.manifest.get("sampling_defaults", {}),
+                                                             **manifest.get("sampling_defaults", {})}})
