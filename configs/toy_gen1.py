@@ -59,8 +59,14 @@ well as colour ones (`clip_stage.shape_negatives`, the same 2000 steps) lift the
 but cost colour binding (swap test 97.0 % -> 79.6 %, one-object colour probe 98.2 %; retrieval 93.0 / 95.0 %),
 and the context stage on that CLIP fits worse (R^2 0.621 against 0.701); the text checkpoint's UNet
 given that projection (no main stage) scores benchmark IoU 0.444, colour 36.4 % (12/33), against
-0.552 / 57.6 % with the shipped CLIP's: so the knob stays off. The 64-d toy CLIP, 2000 steps of 128,
-seems too small to hold shapes and bindings at once; a wider or longer-trained one is the next try.
+0.552 / 57.6 % with the shipped CLIP's: so the knob stays off. Nor is the 64-d CLIP too small for both
+(2026-12-08): a wider one (vision tower 96 wide, MLP 384, a 128-d embedding, `model.unet.encoder_hid_dim`
+= 128 for the 64-wide UNet), both negatives, 3000 steps of 128 (~55 min), retrieves 97.0 / 99.5 %
+and probes better (shape 67.8 %, the MLP colour probe 63.2 % against 55.0 %), but binds worse (swap
+test 86.0 %); its context stage reaches R^2 0.674 (~20 min), and the text checkpoint's UNet given
+that projection (no main stage) scores 0.444 / 42.4 % (14/33). Across these CLIPs the no-main-stage
+colour follows the swap test and the context R^2 (97.0 %, 0.701: 57.6 %; 86.0 %, 0.674: 42.4 %;
+79.6 %, 0.621: 36.4 %), not the shape probe: shape negatives cost the colour binding the context needs.
 Tried before on the same benchmark (step 2500, reference images, guidance 5; vidjax/assets/toy_gen1's
 model card has the details): one cross-attention token, the keys and values re-made for the 64-wide
 embedding (`init_surgery=('change_context_width',)`, `image_context_tokens=0`): IoU 0.406, colour
