@@ -39,8 +39,8 @@ Modes and outputs (`--out`, written atomically: a failed run leaves nothing ther
         text encoder and tokenizer) with a 'finetune' manifest entry.
 
 Guidance: OUT recommends `guidance_scale` for its edits (its sampling_defaults, as `vidjax convert run`
-writes them; `vidjax edit --guidance_scale` still overrides it). A concept learnt from 20 images is
-weaker in the model than its trained vocabulary, so it wants more guidance than the base's own.
+writes them; `vidjax edit --guidance_scale` still overrides it): on the toy world a learnt concept
+edits best at twice the base's guidance, and worse again at more (README "Customization").
 
 Resuming: Orbax checkpoints every `checkpoint_every` steps in --workdir (default OUT + '.finetune-work');
 a killed run relaunched with the same arguments continues and ends bit-equal to a straight run (batches
