@@ -134,8 +134,7 @@ def test_an_image_embedding_of_another_width_projects_to_the_text_contexts_width
                                              "clip_stage.text_encoder.projection_dim": 12})
   with pytest.raises(ConfigError, match="model.unet.encoder_hid_dim.*image embedding is 12 wide.*= 12"):
     context_stage.ContextTraining(config)
-  config = main.with_values(config, {"model.unet.encoder_hid_dim": 12,
-                                             "context_stage.null_fraction": 0.0})
+  config = main.with_values(config, {"model.unet.encoder_hid_dim": 12, "context_stage.null_fraction": 0.0})
   training = context_stage.ContextTraining(config)
   params = training.init(jax.random.key(0))
   length = config.data.max_caption_tokens
