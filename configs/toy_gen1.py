@@ -61,7 +61,7 @@ and the context stage on that CLIP fits worse (R^2 0.621 against 0.701); the tex
 given that projection (no main stage) scores benchmark IoU 0.444, colour 36.4 % (12/33), against
 0.552 / 57.6 % with the shipped CLIP's: so the knob stays off. Nor is the 64-d CLIP too small for both
 (2026-12-08): a wider one (vision tower 96 wide, MLP 384, a 128-d embedding, `model.unet.encoder_hid_dim`
-= 128 for the 64-wide UNet), both negatives, 3000 steps of 128 (~55 min), retrieves 97.0 / 99.5 %
+= 128 for the 64-wide UNet), both negatives, 3000 steps of 128 (~55 min beside another job), retrieves 97.0 / 99.5 %
 and probes better (shape 67.8 %, the MLP colour probe 63.2 % against 55.0 %), but binds worse (swap
 test 86.0 %); its context stage reaches R^2 0.674 (~20 min), and the text checkpoint's UNet given
 that projection (no main stage) scores 0.444 / 42.4 % (14/33). Across these CLIPs the no-main-stage
