@@ -34,14 +34,19 @@ def build_model(config: ml_collections.ConfigDict, *, vae_scaling_factor: float 
   if vae_scaling_factor is not None:
     vae["scaling_factor"] = float(vae_scaling_factor)
   return VideoDiffusionModel(ModelConfig(
-      unet=UNetConfig(**_tuples(m.unet)), vae=VAEConfig(**vae), text_encoder=text, image_encoder=image,
+      unet=unet_config(config), vae=VAEConfig(**vae), text_encoder=text, image_encoder=image,
       structure=m.structure, content=m.content, null_tokens=null_tokens, prediction_type=m.prediction_type,
       beta_schedule=m.beta_schedule))
 
 
 def size_multiple(config: ml_collections.ConfigDict) -> int:
   """`ModelConfig.size_multiple` of `config.model` without building the model (no tokenizer read)."""
-  return _size_multiple(VAEConfig(**_tuples(config.model.vae)), UNetConfig(**_tuples(config.model.unet)))
+  return _size_multiple(VAEConfig(**_tuples(config.model.vae)), unet_config(config))
+
+
+def unet_config(config: ml_collections.ConfigDict) -> UNetConfig:
+  """`config.model.unet` as the UNetConfig it builds (its checks run; e.g. `context_input_dim`)."""
+  return UNetConfig(**_tuples(config.model.unet))
 
 
 def clip_configs(config: ml_collections.ConfigDict) -> tuple[CLIPTextConfig, CLIPVisionConfig]:

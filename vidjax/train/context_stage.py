@@ -39,6 +39,7 @@ from vidjax import toyworld
 from vidjax.conditioning.tokens import tokenize
 from vidjax.convert import pretrained
 from vidjax.errors import ConfigError, write_json
+from vidjax.models.build import unet_config
 from vidjax.models.clip import CLIPTextTransformer, preprocess_images, random_frame_pixels
 from vidjax.models.unet import ImageProjection
 from vidjax.train import pair_stage
@@ -64,16 +65,17 @@ class ContextTraining:
     self.null_fraction = stage.null_fraction
     self.towers = Towers(config)
     (self.text_config, self.text_params), = pretrained.load_pretrained(stage.text_from, ("text_encoder",)).values()
-    width, embed_dim = config.model.unet.cross_attention_dim, self.towers.image_config.projection_dim
+    unet, embed_dim = unet_config(config), self.towers.image_config.projection_dim
+    width = unet.cross_attention_dim
     if self.text_config.hidden_size != width:
       raise ConfigError("context_stage.text_from", f"its text encoder is {self.text_config.hidden_size} wide, the "
                         f"UNet's context (model.unet.cross_attention_dim) {width}",
                         "the projection's tokens stand in for the text's: pick a text model of the UNet's width")
-    if embed_dim != (config.model.unet.get("encoder_hid_dim") or width):
-      raise ConfigError("model.unet.encoder_hid_dim", f"{config.model.unet.get('encoder_hid_dim')}, but the CLIP "
+    if embed_dim != unet.context_input_dim:
+      raise ConfigError("model.unet.encoder_hid_dim", f"{unet.encoder_hid_dim}, but the CLIP "
                         f"image embedding is {embed_dim} wide", f"set model.unet.encoder_hid_dim = {embed_dim}")
     self.text = CLIPTextTransformer(self.text_config)
-    self.projection = ImageProjection(self.num_tokens, config.model.unet.image_projection_mult, width)
+    self.projection = ImageProjection(self.num_tokens, unet.image_projection_mult, width)
     self.null_tokens = jnp.asarray(tokenize([""], config.data.tokenizer_dir, config.data.max_caption_tokens))
 
   def init(self, rng: jax.Array) -> dict[str, Any]:
